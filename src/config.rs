@@ -1,1 +1,340 @@
-//! TODO
+//! One `Config` for the server, merged from (highest first) command-line flags, `PINBRIDGE_*`
+//! environment variables, a TOML file (`--config`), and built-in defaults, then validated
+//! once at start so a bad setting is a clear message before anything binds.
+//!
+//! Flags and their environment twins are declared together on [`ServeArgs`] (clap reads
+//! both); every flag has a TOML key of the same name with `_` for `-`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Flags of `pinbridge serve`.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags and environment variables override its keys.
+    #[arg(long, env = "PINBRIDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for SIP over UDP and TCP (port 0 picks a free port) [default: 0.0.0.0:5060].
+    #[arg(long, env = "PINBRIDGE_SIP_LISTEN", value_name = "IP:PORT")]
+    pub sip_listen: Option<SocketAddr>,
+    /// RTP port range; one even port per call [default: 20000-29999].
+    #[arg(long, env = "PINBRIDGE_RTP_PORTS", value_name = "LOW-HIGH")]
+    pub rtp_ports: Option<PortRange>,
+    /// Directory for the store [default: ./data].
+    #[arg(long, env = "PINBRIDGE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory holding the prompts and hold music [default: ./audio].
+    #[arg(long, env = "PINBRIDGE_AUDIO_DIR", value_name = "DIR")]
+    pub audio_dir: Option<PathBuf>,
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing directive such as
+    /// `pinbridge=debug`; falls back to RUST_LOG, then `info`.
+    #[arg(long, env = "PINBRIDGE_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// IP address put in Contact and SDP when listening on a wildcard address
+    /// [default: the listen address, or the primary interface's address].
+    #[arg(long, env = "PINBRIDGE_ADVERTISE_IP", value_name = "IP")]
+    pub advertise_ip: Option<IpAddr>,
+    /// Seconds without RTP from a caller before we hang up [default: 30].
+    #[arg(long, env = "PINBRIDGE_RTP_TIMEOUT", value_name = "SECONDS")]
+    pub rtp_timeout: Option<u64>,
+    /// Media worker tasks, each with its own 20 ms clock [default: number of CPUs].
+    #[arg(long, env = "PINBRIDGE_MEDIA_WORKERS", value_name = "N")]
+    pub media_workers: Option<usize>,
+    /// Seconds to wait for BYE answers on shutdown [default: 5].
+    #[arg(long, env = "PINBRIDGE_SHUTDOWN_GRACE", value_name = "SECONDS")]
+    pub shutdown_grace: Option<u64>,
+}
+
+/// An inclusive port range written `LOW-HIGH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRange(pub RangeInclusive<u16>);
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (lo, hi) = s.split_once('-').ok_or_else(|| {
+            format!("port range {s:?} must be written LOW-HIGH, e.g. 20000-29999")
+        })?;
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("port range {s:?}: {p:?} is not a port number (1-65535)"))
+        };
+        let (lo, hi) = (parse(lo)?, parse(hi)?);
+        if lo == 0 || lo > hi {
+            return Err(format!(
+                "port range {s:?}: LOW must be at least 1 and not above HIGH"
+            ));
+        }
+        if (lo..=hi).filter(|p| p % 2 == 0).count() == 0 {
+            return Err(format!("port range {s:?} holds no even port for RTP"));
+        }
+        Ok(PortRange(lo..=hi))
+    }
+}
+
+/// The server's validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub sip_listen: SocketAddr,
+    pub rtp_ports: RangeInclusive<u16>,
+    pub data_dir: PathBuf,
+    pub audio_dir: PathBuf,
+    pub log_level: String,
+    /// Address advertised in Contact and SDP.
+    pub advertise_ip: IpAddr,
+    pub rtp_timeout: Duration,
+    pub media_workers: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// A setting that cannot work, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The TOML file's shape; unknown keys are errors so typos don't pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    sip_listen: Option<String>,
+    rtp_ports: Option<String>,
+    data_dir: Option<PathBuf>,
+    audio_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    advertise_ip: Option<String>,
+    rtp_timeout: Option<u64>,
+    media_workers: Option<usize>,
+    shutdown_grace: Option<u64>,
+}
+
+impl Config {
+    /// Merges flags/environment (already combined by clap) over the TOML file over defaults,
+    /// and validates the result.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::ParseFile {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+
+        let sip_listen = match (args.sip_listen, &file.sip_listen) {
+            (Some(a), _) => a,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|_| invalid("sip_listen", format!("{s:?} is not an IP:PORT address")))?,
+            (None, None) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5060)),
+        };
+        let rtp_ports = match (&args.rtp_ports, &file.rtp_ports) {
+            (Some(r), _) => r.0.clone(),
+            (None, Some(s)) => {
+                s.parse::<PortRange>()
+                    .map_err(|m| invalid("rtp_ports", m))?
+                    .0
+            }
+            (None, None) => 20000..=29999,
+        };
+        if rtp_ports.contains(&sip_listen.port()) {
+            return Err(invalid(
+                "rtp_ports",
+                format!(
+                    "range {}-{} contains the SIP port {}",
+                    rtp_ports.start(),
+                    rtp_ports.end(),
+                    sip_listen.port()
+                ),
+            ));
+        }
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let audio_dir = args
+            .audio_dir
+            .clone()
+            .or(file.audio_dir)
+            .unwrap_or_else(|| PathBuf::from("./audio"));
+        check_dir("audio_dir", &audio_dir)?;
+        let log_level = args
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "info".to_string());
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| invalid("log_level", format!("{log_level:?}: {e}")))?;
+        let advertise_ip = match (args.advertise_ip, &file.advertise_ip) {
+            (Some(ip), _) => ip,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|_| invalid("advertise_ip", format!("{s:?} is not an IP address")))?,
+            (None, None) => default_advertise_ip(sip_listen.ip()),
+        };
+        if advertise_ip.is_unspecified() {
+            return Err(invalid(
+                "advertise_ip",
+                "must be a concrete address, not 0.0.0.0 or ::".into(),
+            ));
+        }
+        let rtp_timeout = args.rtp_timeout.or(file.rtp_timeout).unwrap_or(30);
+        if rtp_timeout == 0 {
+            return Err(invalid("rtp_timeout", "must be at least 1 second".into()));
+        }
+        let media_workers = args
+            .media_workers
+            .or(file.media_workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if !(1..=256).contains(&media_workers) {
+            return Err(invalid(
+                "media_workers",
+                format!("{media_workers} is not in 1..=256"),
+            ));
+        }
+        let shutdown_grace = args.shutdown_grace.or(file.shutdown_grace).unwrap_or(5);
+        Ok(Config {
+            sip_listen,
+            rtp_ports,
+            data_dir,
+            audio_dir,
+            log_level,
+            advertise_ip,
+            rtp_timeout: Duration::from_secs(rtp_timeout),
+            media_workers,
+            shutdown_grace: Duration::from_secs(shutdown_grace),
+        })
+    }
+}
+
+fn check_dir(key: &'static str, dir: &Path) -> Result<(), ConfigError> {
+    match std::fs::read_dir(dir) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ConfigError::Invalid {
+            key,
+            message: format!("cannot read directory {}: {e}", dir.display()),
+        }),
+    }
+}
+
+/// A wildcard listen address needs something routable to advertise. Connecting a UDP socket
+/// sends nothing; it only asks the kernel which source address it would use.
+fn default_advertise_ip(listen: IpAddr) -> IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    let probe = || -> Option<IpAddr> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    };
+    probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            audio_dir: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(&args()).unwrap();
+        assert_eq!(c.sip_listen, "0.0.0.0:5060".parse().unwrap());
+        assert_eq!(c.rtp_ports, 20000..=29999);
+        assert_eq!(c.rtp_timeout, Duration::from_secs(30));
+        assert!(!c.advertise_ip.is_unspecified());
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!("100-200".parse::<PortRange>().unwrap().0, 100..=200);
+        for bad in ["200-100", "0-10", "abc", "10", "1-70000", "3-3"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn file_values_and_flag_precedence() {
+        let dir = std::env::temp_dir().join(format!("pinbridge-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "sip_listen = \"127.0.0.1:5080\"\nrtp_ports = \"30000-30100\"\nrtp_timeout = 7\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(file.clone());
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.sip_listen, "127.0.0.1:5080".parse().unwrap());
+        assert_eq!(c.rtp_ports, 30000..=30100);
+        assert_eq!(c.advertise_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+        a.rtp_timeout = Some(9);
+        assert_eq!(
+            Config::load(&a).unwrap().rtp_timeout,
+            Duration::from_secs(9)
+        );
+        std::fs::write(&file, "sip_listn = \"x\"\n").unwrap();
+        let err = Config::load(&a).unwrap_err().to_string();
+        assert!(err.contains("sip_listn"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn clear_errors() {
+        let mut a = args();
+        a.audio_dir = Some(PathBuf::from("/nonexistent/audio"));
+        let err = Config::load(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("audio_dir") && err.contains("/nonexistent/audio"),
+            "{err}"
+        );
+        let mut a = args();
+        a.sip_listen = Some("127.0.0.1:20000".parse().unwrap());
+        assert!(
+            Config::load(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("SIP port")
+        );
+        let mut a = args();
+        a.log_level = Some("nonsense=[".into());
+        assert!(
+            Config::load(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("log_level")
+        );
+    }
+}

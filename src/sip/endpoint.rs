@@ -1,1 +1,1169 @@
-//! TODO
+//! The sans-IO SIP user-agent server core: routes every message to its transaction or
+//! dialog, answers what it can answer alone (OPTIONS, 4xx/5xx for bad or unsupported
+//! requests, 481 for unknown dialogs, CANCEL), negotiates SDP, and tells the application
+//! about calls through [`Event`]s.
+//!
+//! The application decides whether to take a call (`accept`/`reject`), when to end it
+//! (`hangup`), and runs the media. Driving is the usual vocabulary: `handle_datagram`,
+//! `handle_timeout`, then drain `poll_transmit`, `poll_event`, and sleep until
+//! `poll_timeout`. Time is always passed in.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use rand::RngExt;
+use tracing::{debug, info, warn};
+
+use super::dialog::{Dialog, DialogId};
+use super::msg::{self, Message, Method, NameAddr, ParseError, Request, Response, Scheme, Uri};
+use super::sdp::{self, LocalMedia, Negotiated};
+use super::transaction::{
+    InviteServer, InviteServerState, NonInviteClient, NonInviteServer, Transmit, TwoXxRetransmit,
+    TxEvent, TxKey,
+};
+use super::transport::{Peer, Transport};
+use crate::media::Direction;
+
+/// Methods we implement, for `Allow` (RFC 3261 §20.5).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+/// Bodies we understand, for `Accept` (RFC 3261 §20.1).
+pub const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf";
+
+/// Identifies one call leg inside this process (not the SIP Call-ID, which the peer picks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u64);
+
+/// Static facts the endpoint puts into messages.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The address we advertise in Contact and Via (`ip:port` of our SIP listener).
+    pub sip_addr: SocketAddr,
+    /// The address we advertise for media in SDP.
+    pub media_ip: IpAddr,
+    /// Goes into `User-Agent` / `Server`.
+    pub user_agent: String,
+}
+
+/// What the application learns about a new call.
+#[derive(Debug, Clone)]
+pub struct IncomingCall {
+    pub call_id: String,
+    pub from: NameAddr,
+    pub to: NameAddr,
+    pub request_uri: Uri,
+    pub source: Peer,
+    /// The caller withheld their identity (RFC 3323 `Privacy: id`, or an `anonymous` user or
+    /// `anonymous.invalid` host, RFC 3261 §8.1.1.3).
+    pub anonymous: bool,
+}
+
+/// Why a leg ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The caller sent BYE.
+    RemoteBye,
+    /// The caller cancelled before we answered.
+    Cancelled,
+    /// We rejected the INVITE with this status.
+    Rejected(u16),
+    /// We hung up (the BYE was answered or timed out).
+    LocalHangup,
+    /// No ACK for our 2xx within 64·T1 (RFC 3261 §13.3.1.4); we sent BYE.
+    NoAck,
+    /// The transport could not deliver to the peer.
+    TransportError,
+}
+
+/// What the endpoint tells the application.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A new INVITE that passed every check: answer with `accept` or `reject`.
+    Incoming { leg: LegId, call: Box<IncomingCall> },
+    /// Media parameters were (re)negotiated: configure RTP accordingly.
+    Media { leg: LegId, negotiated: Negotiated },
+    /// The caller acknowledged our 2xx: the call is up.
+    Confirmed { leg: LegId },
+    /// An INFO inside the dialog (DTMF relay); already answered.
+    Info {
+        leg: LegId,
+        content_type: String,
+        body: Vec<u8>,
+    },
+    /// The leg is gone; release its media.
+    Ended { leg: LegId, reason: EndReason },
+}
+
+/// Counters an operator wants to see.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointStats {
+    pub requests: u64,
+    pub responses: u64,
+    /// Messages we could not parse and could not answer.
+    pub dropped: u64,
+    /// Requests rejected with a 4xx/5xx before reaching a call.
+    pub rejected: u64,
+    pub calls_started: u64,
+    pub calls_ended: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LegState {
+    /// INVITE received and checked; the application is deciding.
+    Offered,
+    /// 2xx sent; waiting for the ACK.
+    Answered,
+    Confirmed,
+    /// Our BYE is in flight.
+    Terminating,
+}
+
+#[derive(Debug)]
+struct Leg {
+    state: LegState,
+    invite: Request,
+    invite_key: TxKey,
+    source: Peer,
+    response_peer: Peer,
+    local_tag: String,
+    dialog: Option<Dialog>,
+    media: Option<LocalMedia>,
+    /// Our offer awaits the peer's answer in an ACK (late offer, RFC 3261 §13.2.1).
+    offered_in_2xx: bool,
+    /// The 2xx of the INVITE (or re-INVITE) awaiting ACK, and its CSeq.
+    two_xx: Option<(u32, TwoXxRetransmit)>,
+    bye_branch: Option<String>,
+    /// Set when the leg ends once the BYE completes.
+    end_reason: Option<EndReason>,
+}
+
+/// Which machine a heap entry wakes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    InviteServer(u64),
+    NonInviteServer(u64),
+    Client(u64),
+    TwoXx(LegId),
+}
+
+/// The SIP user-agent server core.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    next_id: u64,
+    invite_servers: HashMap<TxKey, (u64, InviteServer, Option<LegId>)>,
+    non_invite_servers: HashMap<TxKey, (u64, NonInviteServer)>,
+    clients: HashMap<String, (u64, NonInviteClient, LegId)>,
+    /// Transaction numbers to keys, so timer wakes find their machine.
+    wake_keys: HashMap<u64, TxKey>,
+    client_branches: HashMap<u64, String>,
+    legs: HashMap<LegId, Leg>,
+    dialogs: HashMap<DialogId, LegId>,
+    timers: BinaryHeap<Reverse<(Instant, Wake)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: EndpointStats,
+}
+
+impl Endpoint {
+    pub fn new(cfg: EndpointConfig) -> Self {
+        Endpoint {
+            cfg,
+            next_id: 1,
+            invite_servers: HashMap::new(),
+            non_invite_servers: HashMap::new(),
+            clients: HashMap::new(),
+            wake_keys: HashMap::new(),
+            client_branches: HashMap::new(),
+            legs: HashMap::new(),
+            dialogs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// Number of legs in any state.
+    pub fn leg_count(&self) -> usize {
+        self.legs.len()
+    }
+
+    pub fn legs(&self) -> impl Iterator<Item = LegId> + '_ {
+        self.legs.keys().copied()
+    }
+
+    /// Open transactions, for tests and metrics.
+    pub fn transaction_count(&self) -> usize {
+        self.invite_servers.len() + self.non_invite_servers.len() + self.clients.len()
+    }
+
+    /// One datagram (UDP) or one framed message (TCP) from `source`.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8], source: Peer) {
+        match msg::parse(bytes) {
+            Ok(Message::Request(req)) => {
+                self.stats.requests += 1;
+                debug!(method = %req.method, call_id = %req.call_id, cseq = req.cseq.seq, from = %source.addr, "request");
+                self.handle_request(now, req, source);
+            }
+            Ok(Message::Response(resp)) => {
+                self.stats.responses += 1;
+                debug!(status = resp.status, call_id = %resp.call_id, from = %source.addr, "response");
+                self.handle_response(now, resp);
+            }
+            Err(ParseError {
+                reply: Some(reply),
+                reason,
+            }) => {
+                self.stats.rejected += 1;
+                info!(status = reply.status, %reason, from = %source.addr, "rejecting malformed request");
+                let mut head = *reply.head;
+                stamp_via(&mut head, &source);
+                let peer = response_peer(&head, &source);
+                if head.method == Method::Ack {
+                    return; // never answer an ACK (RFC 3261 §17.2.1)
+                }
+                let resp = self.response(&head, reply.status, &reason, None);
+                self.transmits.push_back(Transmit {
+                    bytes: resp.to_bytes(),
+                    peer,
+                });
+            }
+            Err(e) => {
+                self.stats.dropped += 1;
+                debug!(reason = %e.reason, from = %source.addr, "dropped unparseable message");
+            }
+        }
+    }
+
+    /// Take the call: answer with 200 OK and SDP for media on `port`.
+    pub fn accept(&mut self, now: Instant, leg_id: LegId, port: u16) {
+        let Some(leg) = self.legs.get_mut(&leg_id) else {
+            return;
+        };
+        if leg.state != LegState::Offered {
+            return;
+        }
+        let mut rng = rand::rng();
+        let media = LocalMedia {
+            addr: self.cfg.media_ip,
+            port,
+            session_id: rng.random_range(1..u32::MAX as u64),
+            session_version: 1,
+        };
+        let (body, negotiated) = if leg.invite.body.is_empty() {
+            leg.offered_in_2xx = true;
+            (sdp::offer(&media, Direction::SendRecv), None)
+        } else {
+            match sdp::answer(&leg.invite.body, &media) {
+                Ok(a) => (a.sdp, Some(a.negotiated)),
+                Err(e) => {
+                    // Checked on arrival; only reachable if the offer changed meaning.
+                    let status = e.sip_status();
+                    let warning = e.warning();
+                    self.finish_offered(now, leg_id, status, &warning);
+                    return;
+                }
+            }
+        };
+        leg.media = Some(media);
+        let dialog = Dialog::from_invite(&leg.invite, &leg.local_tag, leg.source.clone());
+        self.dialogs.insert(dialog.id.clone(), leg_id);
+        leg.dialog = Some(dialog);
+        leg.state = LegState::Answered;
+        let resp = self.ok_with_sdp(
+            &self.legs[&leg_id].invite,
+            &self.legs[&leg_id].local_tag,
+            body,
+        );
+        let bytes = resp.to_bytes();
+        let leg = self.legs.get_mut(&leg_id).expect("leg exists");
+        let cseq = leg.invite.cseq.seq;
+        leg.two_xx = Some((
+            cseq,
+            TwoXxRetransmit::new(now, bytes.clone(), leg.response_peer.clone()),
+        ));
+        let key = leg.invite_key.clone();
+        self.respond_invite(now, &key, bytes, 200);
+        self.schedule(Wake::TwoXx(leg_id), now);
+        if let Some(n) = negotiated {
+            self.events.push_back(Event::Media {
+                leg: leg_id,
+                negotiated: n,
+            });
+        }
+    }
+
+    /// Refuse the call with `status` (e.g. 486, 503).
+    pub fn reject(&mut self, now: Instant, leg: LegId, status: u16, reason: &str) {
+        if self
+            .legs
+            .get(&leg)
+            .is_some_and(|l| l.state == LegState::Offered)
+        {
+            self.finish_offered(now, leg, status, reason);
+        }
+    }
+
+    /// End the call from our side: BYE once answered, a final error response before that.
+    pub fn hangup(&mut self, now: Instant, leg_id: LegId) {
+        self.hangup_with(now, leg_id, EndReason::LocalHangup);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, wake)) = self.timers.pop().expect("peeked");
+            self.wake(now, wake);
+        }
+    }
+
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn handle_request(&mut self, now: Instant, mut req: Request, source: Peer) {
+        stamp_via(&mut req, &source);
+        let peer = response_peer(&req, &source);
+        match req.method {
+            Method::Ack => return self.handle_ack(now, req),
+            Method::Cancel => return self.handle_cancel(now, req, peer),
+            _ => {}
+        }
+        let key = TxKey::server(&req, false);
+        if req.method == Method::Invite {
+            if let Some((_, tx, leg)) = self.invite_servers.get_mut(&key) {
+                tx.handle_request(now, &req);
+                let leg = *leg;
+                self.drain_invite_server(&key);
+                if let Some(leg) = leg.and_then(|l| self.legs.get_mut(&l)) {
+                    if let Some((_, r)) = &mut leg.two_xx {
+                        r.resend();
+                    }
+                }
+                self.drain_two_xx_all();
+                return;
+            }
+        } else if let Some((_, tx)) = self.non_invite_servers.get_mut(&key) {
+            tx.handle_request(now);
+            self.drain_non_invite_server(&key);
+            return;
+        }
+        if let Some(status) = self.precheck(&req) {
+            return self.reply(now, &req, peer, status);
+        }
+        if req.to.tag().is_some() {
+            return self.in_dialog(now, req, peer, source);
+        }
+        match req.method {
+            Method::Invite => self.new_invite(now, req, peer, source),
+            Method::Options => self.reply(now, &req, peer, Reply::Options),
+            Method::Bye | Method::Info | Method::Update => self.reply(
+                now,
+                &req,
+                peer,
+                Reply::plain(481, "Call/Transaction Does Not Exist"),
+            ),
+            Method::Other(_) => self.reply(now, &req, peer, Reply::plain(501, "Not Implemented")),
+            _ => self.reply(now, &req, peer, Reply::MethodNotAllowed),
+        }
+    }
+
+    /// Request-level checks every request gets before it reaches a call (RFC 3261 §8.2).
+    fn precheck(&self, req: &Request) -> Option<Reply> {
+        if let Scheme::Other(s) = &req.uri.scheme {
+            let _ = s;
+            return Some(Reply::plain(416, "Unsupported URI Scheme"));
+        }
+        // §8.2.2.3: we implement no extensions, so any required option tag is unsupported.
+        let required: Vec<String> = req
+            .headers
+            .all("Require")
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if !required.is_empty() && req.method != Method::Cancel && req.method != Method::Ack {
+            return Some(Reply::BadExtension(required.join(", ")));
+        }
+        if matches!(req.method, Method::Invite | Method::Update) && !req.body.is_empty() {
+            if req.content_type().as_deref() != Some("application/sdp") {
+                return Some(Reply::UnsupportedMedia);
+            }
+            if req
+                .headers
+                .get("Content-Encoding")
+                .is_some_and(|e| !e.eq_ignore_ascii_case("identity"))
+            {
+                return Some(Reply::UnsupportedMedia);
+            }
+        }
+        if req.method == Method::Invite {
+            let accepts: Vec<String> = req
+                .headers
+                .all("Accept")
+                .flat_map(|v| v.split(','))
+                .map(|t| {
+                    t.split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .collect();
+            let ok = |t: &String| t == "application/sdp" || t == "application/*" || t == "*/*";
+            // §8.2.3: an Accept header that rules out SDP means we cannot answer (406).
+            if req.headers.count("Accept") > 0 && !accepts.iter().any(ok) {
+                return Some(Reply::plain(
+                    406,
+                    "Not Acceptable: application/sdp required",
+                ));
+            }
+        }
+        None
+    }
+
+    fn new_invite(&mut self, now: Instant, req: Request, peer: Peer, source: Peer) {
+        if !req.body.is_empty() {
+            // Check the offer before taking a port: no common codec is a 488 (RFC 3264 §6).
+            let probe = LocalMedia {
+                addr: self.cfg.media_ip,
+                port: 9,
+                session_id: 1,
+                session_version: 1,
+            };
+            if let Err(e) = sdp::answer(&req.body, &probe) {
+                let status = e.sip_status();
+                info!(call_id = %req.call_id, error = %e, "rejecting INVITE offer");
+                let key = TxKey::server(&req, false);
+                self.start_invite_server(now, key.clone(), peer, None);
+                let resp = self
+                    .response(&req, status, &reason_for(status), Some(&new_tag()))
+                    .with_header(
+                        "Warning",
+                        format!("399 pinbridge \"{}\"", e.warning().replace('"', "'")),
+                    );
+                self.respond_invite(now, &key, resp.to_bytes(), status);
+                self.stats.rejected += 1;
+                return;
+            }
+        }
+        let leg_id = LegId(self.alloc_id());
+        let key = TxKey::server(&req, false);
+        self.start_invite_server(now, key.clone(), peer.clone(), Some(leg_id));
+        let local_tag = new_tag();
+        let trying = self.response(&req, 100, "Trying", None);
+        self.respond_invite(now, &key, trying.to_bytes(), 100);
+        let anonymous = is_anonymous(&req);
+        let call = IncomingCall {
+            call_id: req.call_id.clone(),
+            from: req.from.clone(),
+            to: req.to.clone(),
+            request_uri: req.uri.clone(),
+            source: source.clone(),
+            anonymous,
+        };
+        self.legs.insert(
+            leg_id,
+            Leg {
+                state: LegState::Offered,
+                invite: req,
+                invite_key: key,
+                source,
+                response_peer: peer,
+                local_tag,
+                dialog: None,
+                media: None,
+                offered_in_2xx: false,
+                two_xx: None,
+                bye_branch: None,
+                end_reason: None,
+            },
+        );
+        self.stats.calls_started += 1;
+        self.events.push_back(Event::Incoming {
+            leg: leg_id,
+            call: Box::new(call),
+        });
+    }
+
+    fn in_dialog(&mut self, now: Instant, req: Request, peer: Peer, source: Peer) {
+        let id = DialogId {
+            call_id: req.call_id.clone(),
+            local_tag: req.to.tag().unwrap_or_default().to_string(),
+            remote_tag: req.from.tag().unwrap_or_default().to_string(),
+        };
+        let Some(&leg_id) = self.dialogs.get(&id) else {
+            return self.reply(
+                now,
+                &req,
+                peer,
+                Reply::plain(481, "Call/Transaction Does Not Exist"),
+            );
+        };
+        let leg = self
+            .legs
+            .get_mut(&leg_id)
+            .expect("dialog index points at a leg");
+        let dialog = leg.dialog.as_mut().expect("indexed legs have dialogs");
+        if !dialog.accept_remote_cseq(&req) {
+            return self.reply(now, &req, peer, Reply::plain(500, "CSeq Out of Order"));
+        }
+        // Keep following the peer if its address changed (NAT rebinding).
+        dialog.peer = source;
+        match req.method {
+            Method::Bye => {
+                self.reply(now, &req, peer, Reply::plain(200, "OK"));
+                self.end_leg(leg_id, EndReason::RemoteBye);
+            }
+            Method::Invite => self.reinvite(now, leg_id, req, peer),
+            Method::Update => self.update(now, leg_id, req, peer),
+            Method::Info => {
+                let content_type = req.content_type().unwrap_or_default();
+                let known = matches!(
+                    content_type.as_str(),
+                    "application/dtmf-relay" | "application/dtmf"
+                );
+                if !known {
+                    return self.reply(now, &req, peer, Reply::UnsupportedMedia);
+                }
+                self.reply(now, &req, peer, Reply::plain(200, "OK"));
+                self.events.push_back(Event::Info {
+                    leg: leg_id,
+                    content_type,
+                    body: req.body,
+                });
+            }
+            Method::Options => self.reply(now, &req, peer, Reply::Options),
+            Method::Other(_) => self.reply(now, &req, peer, Reply::plain(501, "Not Implemented")),
+            _ => self.reply(now, &req, peer, Reply::MethodNotAllowed),
+        }
+    }
+
+    /// A re-INVITE: hold, resume, codec change, new media address (RFC 3261 §14.2).
+    fn reinvite(&mut self, now: Instant, leg_id: LegId, req: Request, peer: Peer) {
+        let key = TxKey::server(&req, false);
+        let leg = self.legs.get_mut(&leg_id).expect("caller checked");
+        if leg.state != LegState::Confirmed
+            || leg.two_xx.as_ref().is_some_and(|(_, r)| !r.is_done())
+        {
+            // §14.2: an INVITE while another is pending gets 500 with Retry-After.
+            self.start_invite_server(now, key.clone(), peer, None);
+            let resp = self
+                .response(&req, 500, "Server Internal Error", None)
+                .with_header("Retry-After", "1");
+            return self.respond_invite(now, &key, resp.to_bytes(), 500);
+        }
+        let Some(mut media) = leg.media.clone() else {
+            return;
+        };
+        media.session_version += 1;
+        let (body, negotiated) = if req.body.is_empty() {
+            leg.offered_in_2xx = true;
+            (sdp::offer(&media, Direction::SendRecv), None)
+        } else {
+            match sdp::answer(&req.body, &media) {
+                Ok(a) => (a.sdp, Some(a.negotiated)),
+                Err(e) => {
+                    // §14.2: a failed re-INVITE leaves the session as it was.
+                    let status = e.sip_status();
+                    self.start_invite_server(now, key.clone(), peer, None);
+                    let resp = self
+                        .response(&req, status, &reason_for(status), None)
+                        .with_header(
+                            "Warning",
+                            format!("399 pinbridge \"{}\"", e.warning().replace('"', "'")),
+                        );
+                    return self.respond_invite(now, &key, resp.to_bytes(), status);
+                }
+            }
+        };
+        leg.media = Some(media);
+        if let Some(d) = leg.dialog.as_mut() {
+            d.refresh_target(&req);
+        }
+        let local_tag = leg.local_tag.clone();
+        self.start_invite_server(now, key.clone(), peer.clone(), Some(leg_id));
+        let resp = self.ok_with_sdp(&req, &local_tag, body);
+        let bytes = resp.to_bytes();
+        let leg = self.legs.get_mut(&leg_id).expect("caller checked");
+        leg.state = LegState::Answered;
+        leg.two_xx = Some((req.cseq.seq, TwoXxRetransmit::new(now, bytes.clone(), peer)));
+        self.respond_invite(now, &key, bytes, 200);
+        self.schedule(Wake::TwoXx(leg_id), now);
+        if let Some(n) = negotiated {
+            self.events.push_back(Event::Media {
+                leg: leg_id,
+                negotiated: n,
+            });
+        }
+    }
+
+    /// UPDATE (RFC 3311): a new offer inside the dialog, answered at once.
+    fn update(&mut self, now: Instant, leg_id: LegId, req: Request, peer: Peer) {
+        let leg = self.legs.get_mut(&leg_id).expect("caller checked");
+        if req.body.is_empty() {
+            return self.reply(now, &req, peer, Reply::plain(200, "OK"));
+        }
+        let Some(mut media) = leg.media.clone() else {
+            return self.reply(now, &req, peer, Reply::plain(491, "Request Pending"));
+        };
+        media.session_version += 1;
+        match sdp::answer(&req.body, &media) {
+            Ok(a) => {
+                leg.media = Some(media);
+                if let Some(d) = leg.dialog.as_mut() {
+                    d.refresh_target(&req);
+                }
+                self.reply(now, &req, peer, Reply::Sdp(a.sdp));
+                self.events.push_back(Event::Media {
+                    leg: leg_id,
+                    negotiated: a.negotiated,
+                });
+            }
+            Err(e) => {
+                let status = e.sip_status();
+                self.reply(now, &req, peer, Reply::Warning(status, e.warning()));
+            }
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, req: Request) {
+        // ACK for a non-2xx final response belongs to the INVITE transaction (§17.2.1).
+        let key = TxKey::server(&req, true);
+        if let Some((_, tx, _)) = self.invite_servers.get_mut(&key) {
+            if tx.state() == InviteServerState::Completed {
+                tx.handle_request(now, &req);
+                self.drain_invite_server(&key);
+                return;
+            }
+        }
+        // ACK for a 2xx is a request of its own inside the dialog (§13.2.2.4).
+        let id = DialogId {
+            call_id: req.call_id.clone(),
+            local_tag: req.to.tag().unwrap_or_default().to_string(),
+            remote_tag: req.from.tag().unwrap_or_default().to_string(),
+        };
+        let Some(&leg_id) = self.dialogs.get(&id) else {
+            debug!(call_id = %req.call_id, "ACK matches no dialog; dropped");
+            return;
+        };
+        let leg = self
+            .legs
+            .get_mut(&leg_id)
+            .expect("dialog index points at a leg");
+        let Some((cseq, r)) = &mut leg.two_xx else {
+            return; // retransmitted ACK
+        };
+        if *cseq != req.cseq.seq || r.is_done() {
+            return;
+        }
+        r.acknowledged();
+        let first = leg.state == LegState::Answered && leg.invite.cseq.seq == req.cseq.seq;
+        if leg.state == LegState::Answered {
+            leg.state = LegState::Confirmed;
+        }
+        let mut negotiated = None;
+        if leg.offered_in_2xx {
+            leg.offered_in_2xx = false;
+            let media = leg.media.clone().expect("answered legs have media");
+            match sdp::accept_answer(&req.body, &media) {
+                Ok(n) => negotiated = Some(n),
+                Err(e) => {
+                    // §13.3.1.4 / RFC 3264: an unusable answer in the ACK ends the session.
+                    warn!(call_id = %req.call_id, error = %e, "no usable SDP answer in ACK; hanging up");
+                    self.hangup_with(now, leg_id, EndReason::LocalHangup);
+                    return;
+                }
+            }
+        }
+        if let Some(n) = negotiated {
+            self.events.push_back(Event::Media {
+                leg: leg_id,
+                negotiated: n,
+            });
+        }
+        if first {
+            self.events.push_back(Event::Confirmed { leg: leg_id });
+        }
+    }
+
+    fn handle_cancel(&mut self, now: Instant, req: Request, peer: Peer) {
+        // §9.2: CANCEL matches the INVITE transaction; it gets its own 200.
+        let cancel_key = TxKey::server(&req, false);
+        if let Some((_, tx)) = self.non_invite_servers.get_mut(&cancel_key) {
+            tx.handle_request(now);
+            self.drain_non_invite_server(&cancel_key);
+            return;
+        }
+        let invite_key = TxKey::server(&req, true);
+        let Some((_, tx, leg)) = self.invite_servers.get(&invite_key) else {
+            return self.reply(
+                now,
+                &req,
+                peer,
+                Reply::plain(481, "Call/Transaction Does Not Exist"),
+            );
+        };
+        let (state, leg) = (tx.state(), *leg);
+        self.reply(now, &req, peer, Reply::plain(200, "OK"));
+        if state != InviteServerState::Proceeding {
+            return; // already answered: the CANCEL has no effect
+        }
+        if let Some(leg_id) = leg {
+            if self
+                .legs
+                .get(&leg_id)
+                .is_some_and(|l| l.state == LegState::Offered)
+            {
+                let invite = self.legs[&leg_id].invite.clone();
+                let tag = self.legs[&leg_id].local_tag.clone();
+                let resp = self.response(&invite, 487, "Request Terminated", Some(&tag));
+                self.respond_invite(now, &invite_key, resp.to_bytes(), 487);
+                self.end_leg(leg_id, EndReason::Cancelled);
+            }
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, resp: Response) {
+        let Some(branch) = resp
+            .vias
+            .first()
+            .and_then(|v| v.branch())
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let Some((_, tx, _)) = self.clients.get_mut(&branch) else {
+            debug!(status = resp.status, "stray response dropped");
+            return;
+        };
+        tx.handle_response(now, resp);
+        self.drain_client(&branch, now);
+    }
+
+    fn hangup_with(&mut self, now: Instant, leg_id: LegId, reason: EndReason) {
+        let Some(leg) = self.legs.get_mut(&leg_id) else {
+            return;
+        };
+        match leg.state {
+            LegState::Offered => {
+                let (status, text) = (480, "Temporarily Unavailable");
+                self.finish_offered(now, leg_id, status, text);
+            }
+            LegState::Answered | LegState::Confirmed => {
+                leg.state = LegState::Terminating;
+                leg.end_reason = Some(reason);
+                if let Some((_, r)) = &mut leg.two_xx {
+                    r.acknowledged();
+                }
+                let branch = format!("z9hG4bK{}", new_tag());
+                let peer = leg.source.clone();
+                let via = format!(
+                    "SIP/2.0/{} {};branch={branch};rport",
+                    peer.transport.as_str(),
+                    self.cfg.sip_addr
+                );
+                let dialog = leg.dialog.as_mut().expect("answered legs have dialogs");
+                let bye = dialog.request(Method::Bye, via, &self.cfg.user_agent);
+                let peer = dialog.peer.clone();
+                leg.bye_branch = Some(branch.clone());
+                let id = self.alloc_id();
+                let tx = NonInviteClient::new(now, bye.to_bytes(), peer);
+                self.clients.insert(branch.clone(), (id, tx, leg_id));
+                self.client_branches.insert(id, branch.clone());
+                self.drain_client(&branch, now);
+            }
+            LegState::Terminating => {}
+        }
+    }
+
+    /// Sends a final non-2xx to an INVITE still being decided, and ends the leg.
+    fn finish_offered(&mut self, now: Instant, leg_id: LegId, status: u16, reason: &str) {
+        let leg = &self.legs[&leg_id];
+        let resp = self.response(&leg.invite, status, reason, Some(&leg.local_tag));
+        let key = leg.invite_key.clone();
+        self.respond_invite(now, &key, resp.to_bytes(), status);
+        self.end_leg(leg_id, EndReason::Rejected(status));
+    }
+
+    fn end_leg(&mut self, leg_id: LegId, reason: EndReason) {
+        let Some(leg) = self.legs.remove(&leg_id) else {
+            return;
+        };
+        if let Some(d) = &leg.dialog {
+            self.dialogs.remove(&d.id);
+        }
+        // The INVITE transaction keeps absorbing retransmits, but no longer names the leg.
+        if let Some((_, _, l)) = self.invite_servers.get_mut(&leg.invite_key) {
+            *l = None;
+        }
+        self.stats.calls_ended += 1;
+        info!(leg = leg_id.0, call_id = %leg.invite.call_id, ?reason, "call ended");
+        self.events.push_back(Event::Ended {
+            leg: leg_id,
+            reason,
+        });
+    }
+
+    fn wake(&mut self, now: Instant, wake: Wake) {
+        match wake {
+            Wake::InviteServer(id) => {
+                let Some(key) = self.wake_keys.get(&id).cloned() else {
+                    return;
+                };
+                if let Some((_, tx, _)) = self.invite_servers.get_mut(&key) {
+                    tx.handle_timeout(now);
+                    self.drain_invite_server(&key);
+                }
+            }
+            Wake::NonInviteServer(id) => {
+                let Some(key) = self.wake_keys.get(&id).cloned() else {
+                    return;
+                };
+                if let Some((_, tx)) = self.non_invite_servers.get_mut(&key) {
+                    tx.handle_timeout(now);
+                    self.drain_non_invite_server(&key);
+                }
+            }
+            Wake::Client(id) => {
+                let Some(branch) = self.client_branches.get(&id).cloned() else {
+                    return;
+                };
+                if let Some((_, tx, _)) = self.clients.get_mut(&branch) {
+                    tx.handle_timeout(now);
+                    self.drain_client(&branch, now);
+                }
+            }
+            Wake::TwoXx(leg_id) => {
+                let Some(leg) = self.legs.get_mut(&leg_id) else {
+                    return;
+                };
+                let Some((_, r)) = &mut leg.two_xx else {
+                    return;
+                };
+                let gave_up = r.handle_timeout(now);
+                while let Some(t) = r.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+                if gave_up {
+                    warn!(leg = leg_id.0, call_id = %leg.invite.call_id, "no ACK for 2xx within 64*T1; sending BYE");
+                    self.hangup_with(now, leg_id, EndReason::NoAck);
+                } else if let Some(at) = r.poll_timeout() {
+                    self.timers.push(Reverse((at, Wake::TwoXx(leg_id))));
+                }
+            }
+        }
+    }
+
+    fn drain_two_xx_all(&mut self) {
+        for leg in self.legs.values_mut() {
+            if let Some((_, r)) = &mut leg.two_xx {
+                while let Some(t) = r.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+            }
+        }
+    }
+
+    fn start_invite_server(&mut self, _now: Instant, key: TxKey, peer: Peer, leg: Option<LegId>) {
+        let id = self.alloc_id();
+        self.wake_keys.insert(id, key.clone());
+        self.invite_servers
+            .insert(key, (id, InviteServer::new(peer), leg));
+    }
+
+    fn respond_invite(&mut self, now: Instant, key: &TxKey, bytes: Vec<u8>, status: u16) {
+        if let Some((_, tx, _)) = self.invite_servers.get_mut(key) {
+            tx.respond(now, bytes, status);
+        }
+        self.drain_invite_server(key);
+    }
+
+    fn drain_invite_server(&mut self, key: &TxKey) {
+        let Some((id, tx, _)) = self.invite_servers.get_mut(key) else {
+            return;
+        };
+        let id = *id;
+        while let Some(t) = tx.poll_transmit() {
+            self.transmits.push_back(t);
+        }
+        let mut terminated = false;
+        while let Some(ev) = tx.poll_event() {
+            terminated |= ev == TxEvent::Terminated;
+        }
+        if let Some(at) = tx.poll_timeout() {
+            self.timers.push(Reverse((at, Wake::InviteServer(id))));
+        }
+        if terminated {
+            self.invite_servers.remove(key);
+            self.wake_keys.remove(&id);
+        }
+    }
+
+    fn drain_non_invite_server(&mut self, key: &TxKey) {
+        let Some((id, tx)) = self.non_invite_servers.get_mut(key) else {
+            return;
+        };
+        let id = *id;
+        while let Some(t) = tx.poll_transmit() {
+            self.transmits.push_back(t);
+        }
+        let mut terminated = false;
+        while let Some(ev) = tx.poll_event() {
+            terminated |= ev == TxEvent::Terminated;
+        }
+        if let Some(at) = tx.poll_timeout() {
+            self.timers.push(Reverse((at, Wake::NonInviteServer(id))));
+        }
+        if terminated {
+            self.non_invite_servers.remove(key);
+            self.wake_keys.remove(&id);
+        }
+    }
+
+    fn drain_client(&mut self, branch: &str, _now: Instant) {
+        let Some((id, tx, leg_id)) = self.clients.get_mut(branch) else {
+            return;
+        };
+        let (id, leg_id) = (*id, *leg_id);
+        while let Some(t) = tx.poll_transmit() {
+            self.transmits.push_back(t);
+        }
+        let mut finished = false;
+        let mut terminated = false;
+        while let Some(ev) = tx.poll_event() {
+            match ev {
+                TxEvent::Response(r) if r.status >= 200 => finished = true,
+                TxEvent::Response(_) => {}
+                TxEvent::Timeout => finished = true,
+                TxEvent::Terminated => terminated = true,
+            }
+        }
+        if let Some(at) = tx.poll_timeout() {
+            self.timers.push(Reverse((at, Wake::Client(id))));
+        }
+        if terminated {
+            self.clients.remove(branch);
+            self.client_branches.remove(&id);
+        }
+        if finished || terminated {
+            let reason = self
+                .legs
+                .get(&leg_id)
+                .and_then(|l| l.end_reason.clone())
+                .unwrap_or(EndReason::LocalHangup);
+            self.end_leg(leg_id, reason);
+        }
+    }
+
+    fn schedule(&mut self, wake: Wake, now: Instant) {
+        let at = match &wake {
+            Wake::TwoXx(leg) => self
+                .legs
+                .get(leg)
+                .and_then(|l| l.two_xx.as_ref())
+                .and_then(|(_, r)| r.poll_timeout()),
+            _ => None,
+        };
+        self.timers.push(Reverse((at.unwrap_or(now), wake)));
+    }
+
+    fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Answers a non-INVITE request (or an INVITE we refuse) through a server transaction.
+    fn reply(&mut self, now: Instant, req: &Request, peer: Peer, reply: Reply) {
+        let status = reply.status();
+        if status >= 300 {
+            self.stats.rejected += 1;
+            debug!(status, method = %req.method, call_id = %req.call_id, "rejecting request");
+        }
+        let mut resp = self.response(req, status, reply.reason(), Some(&new_tag()));
+        match reply {
+            Reply::Options => {
+                resp = resp
+                    .with_header("Allow", ALLOW)
+                    .with_header("Accept", ACCEPT)
+                    .with_header("Supported", "");
+            }
+            Reply::MethodNotAllowed => resp = resp.with_header("Allow", ALLOW),
+            Reply::UnsupportedMedia => resp = resp.with_header("Accept", ACCEPT),
+            Reply::BadExtension(tags) => resp = resp.with_header("Unsupported", tags),
+            Reply::Sdp(body) => {
+                resp = resp
+                    .with_header("Contact", self.contact(&peer))
+                    .with_body("application/sdp", body.into_bytes())
+            }
+            Reply::Warning(_, w) => {
+                resp = resp.with_header(
+                    "Warning",
+                    format!("399 pinbridge \"{}\"", w.replace('"', "'")),
+                )
+            }
+            Reply::Plain(..) => {}
+        }
+        let key = TxKey::server(req, false);
+        if req.method == Method::Invite {
+            self.start_invite_server(now, key.clone(), peer, None);
+            self.respond_invite(now, &key, resp.to_bytes(), status);
+            return;
+        }
+        let id = self.alloc_id();
+        self.wake_keys.insert(id, key.clone());
+        let mut tx = NonInviteServer::new(peer);
+        tx.respond(now, resp.to_bytes(), status);
+        self.non_invite_servers.insert(key.clone(), (id, tx));
+        self.drain_non_invite_server(&key);
+    }
+
+    fn response(&self, req: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
+        // §8.2.6.2: 100 Trying carries no To tag.
+        let tag = if status == 100 { None } else { to_tag };
+        Response::to(req, status, reason, tag).with_header("Server", self.cfg.user_agent.clone())
+    }
+
+    fn ok_with_sdp(&self, req: &Request, local_tag: &str, body: String) -> Response {
+        let peer = self
+            .legs
+            .values()
+            .find(|l| l.invite.call_id == req.call_id)
+            .map(|l| l.source.clone());
+        let mut resp = self.response(req, 200, "OK", Some(local_tag));
+        // §12.1.1: the UAS copies Record-Route into its 2xx.
+        for rr in req.headers.all("Record-Route") {
+            resp = resp.with_header("Record-Route", rr.to_string());
+        }
+        let contact = peer
+            .map(|p| self.contact(&p))
+            .unwrap_or_else(|| format!("<sip:{}>", self.cfg.sip_addr));
+        resp.with_header("Contact", contact)
+            .with_header("Allow", ALLOW)
+            .with_header("Supported", "")
+            .with_body("application/sdp", body.into_bytes())
+    }
+
+    fn contact(&self, peer: &Peer) -> String {
+        match peer.transport {
+            Transport::Udp => format!("<sip:{}>", self.cfg.sip_addr),
+            Transport::Tcp => format!("<sip:{};transport=tcp>", self.cfg.sip_addr),
+        }
+    }
+}
+
+/// Canned answers of the endpoint.
+enum Reply {
+    Plain(u16, &'static str),
+    Options,
+    MethodNotAllowed,
+    UnsupportedMedia,
+    BadExtension(String),
+    Sdp(String),
+    Warning(u16, String),
+}
+
+impl Reply {
+    fn plain(status: u16, reason: &'static str) -> Reply {
+        Reply::Plain(status, reason)
+    }
+
+    fn status(&self) -> u16 {
+        match self {
+            Reply::Plain(s, _) | Reply::Warning(s, _) => *s,
+            Reply::Options | Reply::Sdp(_) => 200,
+            Reply::MethodNotAllowed => 405,
+            Reply::UnsupportedMedia => 415,
+            Reply::BadExtension(_) => 420,
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Reply::Plain(_, r) => r,
+            Reply::Options | Reply::Sdp(_) => "OK",
+            Reply::MethodNotAllowed => "Method Not Allowed",
+            Reply::UnsupportedMedia => "Unsupported Media Type",
+            Reply::BadExtension(_) => "Bad Extension",
+            Reply::Warning(s, _) => reason_static(*s),
+        }
+    }
+}
+
+fn reason_static(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        488 => "Not Acceptable Here",
+        _ => "Error",
+    }
+}
+
+fn reason_for(status: u16) -> String {
+    reason_static(status).to_string()
+}
+
+/// RFC 3581 §4 and RFC 3261 §18.2.1: note where the request really came from in its top Via
+/// (`received` when the sent-by host differs, `rport` when the client asked for it).
+fn stamp_via(req: &mut Request, source: &Peer) {
+    let Some(via) = req.vias.first_mut() else {
+        return;
+    };
+    let ip = source.addr.ip();
+    if via.host_ip() != Some(ip) {
+        via.set_param("received", Some(ip.to_string()));
+    }
+    if via.param("rport").is_some() {
+        via.set_param("received", Some(ip.to_string()));
+        via.set_param("rport", Some(source.addr.port().to_string()));
+    }
+}
+
+/// Where responses to `req` go (RFC 3261 §18.2.2, RFC 3581 §4): back on the same TCP
+/// connection; over UDP to the source IP, at the source port when `rport` was requested,
+/// else at the sent-by port (default 5060).
+fn response_peer(req: &Request, source: &Peer) -> Peer {
+    if source.transport == Transport::Tcp {
+        return source.clone();
+    }
+    let via = req.top_via();
+    let port = match via.param("rport").flatten().and_then(|p| p.parse().ok()) {
+        Some(p) => p,
+        None => via.port.unwrap_or(5060),
+    };
+    Peer {
+        transport: Transport::Udp,
+        addr: SocketAddr::new(source.addr.ip(), port),
+        conn: None,
+    }
+}
+
+fn is_anonymous(req: &Request) -> bool {
+    let user = req.from.uri.user_unescaped().unwrap_or_default();
+    user.eq_ignore_ascii_case("anonymous")
+        || req.from.uri.host.eq_ignore_ascii_case("anonymous.invalid")
+        || req.headers.has_token("Privacy", "id")
+}
+
+fn new_tag() -> String {
+    let v: u64 = rand::rng().random();
+    format!("{v:016x}")
+}

@@ -1,7 +1,18 @@
 //! SIP over UDP and TCP: the listeners, TCP stream framing by Content-Length, size limits, and
 //! the addressing types the sans-IO layers use to say where a message goes.
 
+use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::msg::{MAX_MESSAGE_SIZE, frame_stream, leading_crlf};
 
 /// The transports we listen on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,5 +48,190 @@ impl Peer {
     /// Reliable transports need no retransmissions (RFC 3261 §17.1.1.2, §17.2.1).
     pub fn reliable(&self) -> bool {
         self.transport == Transport::Tcp
+    }
+}
+
+/// The SIP listeners: UDP and TCP on the same address and port.
+pub struct Listeners {
+    pub udp: Arc<UdpSocket>,
+    pub tcp: TcpListener,
+    pub local: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on `addr`. With port 0 the UDP socket picks the port and TCP takes
+    /// the same one; if TCP finds it taken, another port is tried (a few times).
+    pub async fn bind(addr: SocketAddr) -> io::Result<Listeners> {
+        let attempts = if addr.port() == 0 { 20 } else { 1 };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let udp = UdpSocket::bind(addr).await?;
+            let local = udp.local_addr()?;
+            match TcpListener::bind(local).await {
+                Ok(tcp) => {
+                    return Ok(Listeners {
+                        udp: Arc::new(udp),
+                        tcp,
+                        local,
+                    });
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("could not bind SIP listeners")))
+    }
+}
+
+/// What TCP connection tasks report to the signalling core.
+#[derive(Debug)]
+pub enum TcpInbound {
+    Opened {
+        conn: ConnId,
+        addr: SocketAddr,
+        writer: mpsc::UnboundedSender<Vec<u8>>,
+    },
+    Message {
+        peer: Peer,
+        bytes: Vec<u8>,
+    },
+    Closed(ConnId),
+}
+
+/// Accepts TCP connections and spawns a reader and a writer task for each.
+pub fn spawn_tcp_acceptor(listener: TcpListener, inbound: mpsc::Sender<TcpInbound>) {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    tokio::spawn(async move {
+        loop {
+            let (stream, addr) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = ConnId(NEXT.fetch_add(1, Ordering::Relaxed));
+            let (read, mut write) = stream.into_split();
+            let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+            if inbound
+                .send(TcpInbound::Opened {
+                    conn,
+                    addr,
+                    writer: tx,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::spawn(async move {
+                while let Some(bytes) = rx.recv().await {
+                    if write.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = write.shutdown().await;
+            });
+            tokio::spawn(read_connection(read, conn, addr, inbound.clone()));
+        }
+    });
+}
+
+/// Frames messages off one connection by Content-Length (RFC 3261 §18.3). A stream that
+/// cannot be framed (bad or conflicting Content-Length, oversize) is handed on once so the
+/// core can answer 400/513, and the connection is closed.
+async fn read_connection(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    conn: ConnId,
+    addr: SocketAddr,
+    inbound: mpsc::Sender<TcpInbound>,
+) {
+    let peer = Peer {
+        transport: Transport::Tcp,
+        addr,
+        conn: Some(conn),
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    'conn: loop {
+        loop {
+            let skip = leading_crlf(&buf);
+            buf.drain(..skip);
+            match frame_stream(&buf) {
+                Ok(Some(len)) => {
+                    let bytes: Vec<u8> = buf.drain(..len).collect();
+                    if inbound
+                        .send(TcpInbound::Message {
+                            peer: peer.clone(),
+                            bytes,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(%addr, reason = %e.reason, "closing unframeable TCP stream");
+                    let end = buf.len().min(MAX_MESSAGE_SIZE);
+                    let bytes = buf[..end].to_vec();
+                    let _ = inbound
+                        .send(TcpInbound::Message {
+                            peer: peer.clone(),
+                            bytes,
+                        })
+                        .await;
+                    break 'conn;
+                }
+            }
+        }
+        match read.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let _ = inbound.send(TcpInbound::Closed(conn)).await;
+}
+
+/// The signalling core's view of open TCP connections: where to write.
+#[derive(Default)]
+pub struct TcpConnections {
+    writers: HashMap<ConnId, (SocketAddr, mpsc::UnboundedSender<Vec<u8>>)>,
+}
+
+impl TcpConnections {
+    pub fn opened(
+        &mut self,
+        conn: ConnId,
+        addr: SocketAddr,
+        writer: mpsc::UnboundedSender<Vec<u8>>,
+    ) {
+        self.writers.insert(conn, (addr, writer));
+    }
+
+    pub fn closed(&mut self, conn: ConnId) {
+        self.writers.remove(&conn);
+    }
+
+    pub fn len(&self) -> usize {
+        self.writers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writers.is_empty()
+    }
+
+    /// Queues bytes on the peer's connection, or on any open connection from the same
+    /// address when the original one is gone. `false` if no connection can carry them.
+    pub fn send(&self, peer: &Peer, bytes: Vec<u8>) -> bool {
+        let by_id = peer.conn.and_then(|c| self.writers.get(&c));
+        let writer = by_id.or_else(|| self.writers.values().find(|(a, _)| *a == peer.addr));
+        match writer {
+            Some((_, w)) => w.send(bytes).is_ok(),
+            None => false,
+        }
     }
 }

@@ -456,10 +456,7 @@ impl Endpoint {
                 self.start_invite_server(now, key.clone(), peer, None);
                 let resp = self
                     .response(&req, status, &reason_for(status), Some(&new_tag()))
-                    .with_header(
-                        "Warning",
-                        format!("399 pinbridge \"{}\"", e.warning().replace('"', "'")),
-                    );
+                    .with_header("Warning", warning(&e));
                 self.respond_invite(now, &key, resp.to_bytes(), status);
                 self.stats.rejected += 1;
                 return;
@@ -587,10 +584,7 @@ impl Endpoint {
                     self.start_invite_server(now, key.clone(), peer, None);
                     let resp = self
                         .response(&req, status, &reason_for(status), None)
-                        .with_header(
-                            "Warning",
-                            format!("399 pinbridge \"{}\"", e.warning().replace('"', "'")),
-                        );
+                        .with_header("Warning", warning(&e));
                     return self.respond_invite(now, &key, resp.to_bytes(), status);
                 }
             }
@@ -640,7 +634,7 @@ impl Endpoint {
             }
             Err(e) => {
                 let status = e.sip_status();
-                self.reply(now, &req, peer, Reply::Warning(status, e.warning()));
+                self.reply(now, &req, peer, Reply::Warning(status, warning(&e)));
             }
         }
     }
@@ -683,8 +677,7 @@ impl Endpoint {
         let mut negotiated = None;
         if leg.offered_in_2xx {
             leg.offered_in_2xx = false;
-            let media = leg.media.clone().expect("answered legs have media");
-            match sdp::accept_answer(&req.body, &media) {
+            match sdp::accept_answer(&req.body, Direction::SendRecv) {
                 Ok(n) => negotiated = Some(n),
                 Err(e) => {
                     // §13.3.1.4 / RFC 3264: an unusable answer in the ACK ends the session.
@@ -1015,12 +1008,7 @@ impl Endpoint {
                     .with_header("Contact", self.contact(&peer))
                     .with_body("application/sdp", body.into_bytes())
             }
-            Reply::Warning(_, w) => {
-                resp = resp.with_header(
-                    "Warning",
-                    format!("399 pinbridge \"{}\"", w.replace('"', "'")),
-                )
-            }
+            Reply::Warning(_, w) => resp = resp.with_header("Warning", w),
             Reply::Plain(..) => {}
         }
         let key = TxKey::server(req, false);
@@ -1156,6 +1144,11 @@ fn response_peer(req: &Request, source: &Peer) -> Peer {
     }
 }
 
+/// `Warning: <code> pinbridge "<text>"` for an offer we refuse (RFC 3261 §20.43).
+fn warning(e: &sdp::SdpError) -> String {
+    format!("{} pinbridge \"{}\"", e.warn_code(), e.warning())
+}
+
 fn is_anonymous(req: &Request) -> bool {
     let user = req.from.uri.user_unescaped().unwrap_or_default();
     user.eq_ignore_ascii_case("anonymous")
@@ -1166,4 +1159,523 @@ fn is_anonymous(req: &Request) -> bool {
 fn new_tag() -> String {
     let v: u64 = rand::rng().random();
     format!("{v:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sip::msg::{Message, parse};
+    use crate::sip::transaction::T1;
+    use crate::sip::transport::ConnId;
+
+    const CALLER: &str = "127.0.0.1:5070";
+
+    fn udp_peer() -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: CALLER.parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    fn sdp(codecs: &str, extra: &str) -> String {
+        format!(
+            "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 6000 RTP/AVP {codecs}\r\n{extra}"
+        )
+    }
+
+    struct Harness {
+        ep: Endpoint,
+        now: Instant,
+        t0: Instant,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let now = Instant::now();
+            Harness {
+                ep: Endpoint::new(EndpointConfig {
+                    sip_addr: "127.0.0.1:5060".parse().unwrap(),
+                    media_ip: "127.0.0.1".parse().unwrap(),
+                    user_agent: "pinbridge/test".into(),
+                }),
+                now,
+                t0: now,
+            }
+        }
+
+        fn send(&mut self, text: &str) {
+            self.send_from(text, udp_peer());
+        }
+
+        fn send_from(&mut self, text: &str, peer: Peer) {
+            self.ep.handle_datagram(self.now, text.as_bytes(), peer);
+        }
+
+        fn responses(&mut self) -> Vec<(Response, Peer)> {
+            let mut out = Vec::new();
+            while let Some(t) = self.ep.poll_transmit() {
+                match parse(&t.bytes) {
+                    Ok(Message::Response(r)) => out.push((r, t.peer)),
+                    Ok(Message::Request(r)) => panic!("unexpected request {}", r.method),
+                    Err(e) => panic!("we sent something unparseable: {e}"),
+                }
+            }
+            out
+        }
+
+        fn statuses(&mut self) -> Vec<u16> {
+            self.responses()
+                .into_iter()
+                .map(|(r, _)| r.status)
+                .collect()
+        }
+
+        fn requests(&mut self) -> Vec<Request> {
+            let mut out = Vec::new();
+            while let Some(t) = self.ep.poll_transmit() {
+                if let Ok(Message::Request(r)) = parse(&t.bytes) {
+                    out.push(r);
+                }
+            }
+            out
+        }
+
+        fn events(&mut self) -> Vec<Event> {
+            std::iter::from_fn(|| self.ep.poll_event()).collect()
+        }
+
+        /// Moves the clock forward, firing every timer on the way.
+        fn advance(&mut self, by: Duration) {
+            let end = self.now + by;
+            for _ in 0..10_000 {
+                match self.ep.poll_timeout() {
+                    Some(at) if at <= end => {
+                        self.now = self.now.max(at);
+                        self.ep.handle_timeout(self.now);
+                    }
+                    _ => break,
+                }
+            }
+            self.now = end;
+        }
+
+        /// INVITE, accept, returns (leg, the 200).
+        fn answered_call(&mut self, call_id: &str) -> (LegId, Response) {
+            self.send(&invite(
+                call_id,
+                1,
+                &sdp("0 8 101", "a=rtpmap:101 telephone-event/8000\r\n"),
+            ));
+            assert_eq!(self.statuses(), vec![100]);
+            let leg = match self.events().as_slice() {
+                [Event::Incoming { leg, .. }] => *leg,
+                other => panic!("expected Incoming, got {other:?}"),
+            };
+            self.ep.accept(self.now, leg, 40000);
+            let mut rs = self.responses();
+            assert_eq!(rs.len(), 1);
+            let (ok, _) = rs.remove(0);
+            assert_eq!(ok.status, 200);
+            (leg, ok)
+        }
+    }
+
+    fn request(method: &str, call_id: &str, cseq: u32, to_tag: Option<&str>, body: &str) -> String {
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        let ctype = if body.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: application/sdp\r\n".to_string()
+        };
+        format!(
+            "{method} sip:1234567@127.0.0.1:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {CALLER};branch=z9hG4bK-{call_id}-{cseq}-{method}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:alice@127.0.0.1>;tag=alice\r\n\
+             To: <sip:1234567@127.0.0.1>{to_tag}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Contact: <sip:alice@{CALLER}>\r\n\
+             {ctype}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn invite(call_id: &str, cseq: u32, body: &str) -> String {
+        request("INVITE", call_id, cseq, None, body)
+    }
+
+    #[test]
+    fn invite_answer_ack_bye() {
+        let mut h = Harness::new();
+        let (leg, ok) = h.answered_call("c1");
+        let tag = ok.to_tag().expect("2xx has a To tag").to_string();
+        assert_eq!(ok.headers.get("Contact"), Some("<sip:127.0.0.1:5060>"));
+        let body = String::from_utf8(ok.body.clone()).unwrap();
+        assert!(body.contains("m=audio 40000 RTP/AVP 0 101"), "{body}");
+        assert!(
+            matches!(h.events().as_slice(), [Event::Media { negotiated, .. }] if negotiated.codec == crate::media::Codec::Pcmu)
+        );
+        let mut ack = request("ACK", "c1", 1, Some(&tag), "");
+        ack = ack.replace("z9hG4bK-c1-1-ACK", "z9hG4bK-ack");
+        h.send(&ack);
+        assert!(matches!(h.events().as_slice(), [Event::Confirmed { leg: l }] if *l == leg));
+        h.send(&request("BYE", "c1", 2, Some(&tag), ""));
+        assert_eq!(h.statuses(), vec![200]);
+        assert!(matches!(
+            h.events().as_slice(),
+            [Event::Ended {
+                reason: EndReason::RemoteBye,
+                ..
+            }]
+        ));
+        assert_eq!(h.ep.leg_count(), 0);
+        // A retransmitted BYE is answered again by its transaction, not a 481.
+        h.send(&request("BYE", "c1", 2, Some(&tag), ""));
+        assert_eq!(h.statuses(), vec![200]);
+        h.advance(64 * T1);
+        assert_eq!(h.ep.transaction_count(), 0, "all transactions end");
+    }
+
+    #[test]
+    fn retransmitted_invite_is_absorbed() {
+        let mut h = Harness::new();
+        let offer = sdp("0", "");
+        h.send(&invite("c2", 1, &offer));
+        assert_eq!(h.statuses(), vec![100]);
+        assert_eq!(h.events().len(), 1);
+        h.send(&invite("c2", 1, &offer));
+        assert_eq!(h.statuses(), vec![100]);
+        assert!(h.events().is_empty(), "no second call");
+        let leg = h.ep.legs().next().unwrap();
+        h.ep.accept(h.now, leg, 40002);
+        assert_eq!(h.statuses(), vec![200]);
+        h.send(&invite("c2", 1, &offer));
+        assert!(h.statuses().iter().all(|s| *s == 200));
+        assert_eq!(h.ep.leg_count(), 1);
+    }
+
+    #[test]
+    fn lost_ack_retransmits_2xx_then_byes() {
+        let mut h = Harness::new();
+        let (leg, _) = h.answered_call("c3");
+        h.events();
+        let mut times = Vec::new();
+        let mut bye = None;
+        for _ in 0..400 {
+            h.advance(Duration::from_millis(100));
+            while let Some(t) = h.ep.poll_transmit() {
+                match parse(&t.bytes).unwrap() {
+                    Message::Response(r) => {
+                        assert_eq!(r.status, 200);
+                        times.push(h.now - h.t0);
+                    }
+                    Message::Request(r) => {
+                        assert_eq!(r.method, Method::Bye);
+                        bye = Some((h.now - h.t0, r));
+                    }
+                }
+            }
+            if bye.is_some() {
+                break;
+            }
+        }
+        let ms: Vec<u128> = times.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(
+            ms,
+            vec![
+                500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500
+            ]
+        );
+        let (at, bye) = bye.expect("BYE after 64*T1");
+        assert_eq!(at, 64 * T1);
+        assert_eq!(bye.cseq.seq, 1);
+        // The caller answers the BYE: the leg ends as NoAck.
+        let ok = Response::to(&bye, 200, "OK", None);
+        h.ep.handle_datagram(h.now, &ok.to_bytes(), udp_peer());
+        assert!(
+            matches!(h.events().as_slice(), [Event::Ended { leg: l, reason: EndReason::NoAck }] if *l == leg)
+        );
+    }
+
+    #[test]
+    fn cancel_before_answer() {
+        let mut h = Harness::new();
+        h.send(&invite("c4", 1, &sdp("0", "")));
+        assert_eq!(h.statuses(), vec![100]);
+        h.events();
+        let cancel = request("CANCEL", "c4", 1, None, "")
+            .replace("z9hG4bK-c4-1-CANCEL", "z9hG4bK-c4-1-INVITE");
+        h.send(&cancel);
+        let rs = h.responses();
+        let statuses: Vec<(u16, String)> = rs
+            .iter()
+            .map(|(r, _)| (r.status, r.cseq.method.to_string()))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![(200, "CANCEL".into()), (487, "INVITE".into())]
+        );
+        assert!(matches!(
+            h.events().as_slice(),
+            [Event::Ended {
+                reason: EndReason::Cancelled,
+                ..
+            }]
+        ));
+        // ACK for the 487 is absorbed; 487 is retransmitted until it arrives.
+        h.advance(T1);
+        assert_eq!(h.statuses(), vec![487]);
+        let ack = request("ACK", "c4", 1, Some("x"), "")
+            .replace("z9hG4bK-c4-1-ACK", "z9hG4bK-c4-1-INVITE");
+        h.send(&ack);
+        h.advance(Duration::from_secs(40));
+        assert!(h.statuses().is_empty());
+        // CANCEL after the answer: 200, and the call stays.
+        let (_, _) = h.answered_call("c5");
+        let cancel = request("CANCEL", "c5", 1, None, "")
+            .replace("z9hG4bK-c5-1-CANCEL", "z9hG4bK-c5-1-INVITE");
+        h.send(&cancel);
+        assert_eq!(h.statuses(), vec![200]);
+        assert_eq!(h.ep.leg_count(), 1);
+        // CANCEL for nothing: 481.
+        h.send(&request("CANCEL", "nope", 1, None, ""));
+        assert_eq!(h.statuses(), vec![481]);
+    }
+
+    #[test]
+    fn our_bye_retransmits_and_completes() {
+        let mut h = Harness::new();
+        let (leg, ok) = h.answered_call("c6");
+        let tag = ok.to_tag().unwrap().to_string();
+        h.send(&request("ACK", "c6", 1, Some(&tag), "").replace("c6-1-ACK", "c6-ack"));
+        h.events();
+        h.ep.hangup(h.now, leg);
+        let byes = h.requests();
+        assert_eq!(byes.len(), 1);
+        let bye = &byes[0];
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(bye.uri.as_str(), format!("sip:alice@{CALLER}"));
+        assert_eq!(bye.from.tag(), Some(tag.as_str()));
+        assert_eq!(bye.to.tag(), Some("alice"));
+        h.advance(T1);
+        assert_eq!(h.requests().len(), 1, "Timer E retransmits");
+        let ok = Response::to(bye, 200, "OK", None);
+        h.ep.handle_datagram(h.now, &ok.to_bytes(), udp_peer());
+        assert!(matches!(
+            h.events().as_slice(),
+            [Event::Ended {
+                reason: EndReason::LocalHangup,
+                ..
+            }]
+        ));
+        // Unanswered BYE: the leg still ends at Timer F.
+        let (leg, _) = h.answered_call("c7");
+        h.events();
+        h.ep.hangup(h.now, leg);
+        h.advance(64 * T1);
+        assert!(
+            h.events()
+                .iter()
+                .any(|e| matches!(e, Event::Ended { leg: l, .. } if *l == leg))
+        );
+    }
+
+    #[test]
+    fn options_unknown_methods_and_unknown_dialogs() {
+        let mut h = Harness::new();
+        h.send(&request("OPTIONS", "o1", 1, None, ""));
+        let (r, peer) = h.responses().remove(0);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers.get("Allow"), Some(ALLOW));
+        assert!(r.headers.get("Accept").unwrap().contains("application/sdp"));
+        assert!(r.headers.get("Supported").is_some());
+        assert_eq!(peer.addr, CALLER.parse().unwrap());
+        h.send(&request("FOO", "o2", 1, None, ""));
+        assert_eq!(h.statuses(), vec![501]);
+        h.send(&request("REGISTER", "o3", 1, None, ""));
+        let (r, _) = h.responses().remove(0);
+        assert_eq!((r.status, r.headers.get("Allow")), (405, Some(ALLOW)));
+        h.send(&request("BYE", "o4", 1, Some("unknown"), ""));
+        assert_eq!(h.statuses(), vec![481]);
+        h.send(&request("INFO", "o5", 1, Some("unknown"), ""));
+        assert_eq!(h.statuses(), vec![481]);
+        h.send(&request("BYE", "o6", 1, None, ""));
+        assert_eq!(h.statuses(), vec![481]);
+    }
+
+    #[test]
+    fn no_common_codec_is_488_with_warning() {
+        let mut h = Harness::new();
+        h.send(&invite("n1", 1, &sdp("18", "a=rtpmap:18 G729/8000\r\n")));
+        let (r, _) = h.responses().remove(0);
+        assert_eq!(r.status, 488);
+        assert!(
+            r.headers
+                .get("Warning")
+                .unwrap()
+                .starts_with("305 pinbridge \"no common codec")
+        );
+        assert!(h.events().is_empty());
+        assert_eq!(h.ep.leg_count(), 0);
+    }
+
+    #[test]
+    fn malformed_and_unsupported_requests() {
+        let mut h = Harness::new();
+        let no_call_id = invite("m1", 1, "").replace("Call-ID: m1\r\n", "");
+        h.send(&no_call_id);
+        let (r, _) = h.responses().remove(0);
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (400, "Missing Call-ID header")
+        );
+        let required = invite("m2", 1, "").replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nRequire: 100rel, foo\r\n",
+        );
+        h.send(&required);
+        let (r, _) = h.responses().remove(0);
+        assert_eq!(
+            (r.status, r.headers.get("Unsupported")),
+            (420, Some("100rel, foo"))
+        );
+        let bad_type = invite("m3", 1, "hello").replace("application/sdp", "text/plain");
+        h.send(&bad_type);
+        assert_eq!(h.statuses(), vec![415]);
+        let scheme = invite("m4", 1, "").replace(
+            "INVITE sip:1234567@127.0.0.1:5060",
+            "INVITE isbn:2983792873",
+        );
+        h.send(&scheme);
+        assert_eq!(h.statuses(), vec![416]);
+        h.send("garbage\r\n\r\n");
+        assert!(h.statuses().is_empty());
+        assert_eq!(h.ep.stats().dropped, 1);
+    }
+
+    #[test]
+    fn late_offer_gets_offer_in_2xx_and_answer_from_ack() {
+        let mut h = Harness::new();
+        h.send(&invite("l1", 1, ""));
+        assert_eq!(h.statuses(), vec![100]);
+        let leg = h.ep.legs().next().unwrap();
+        h.events();
+        h.ep.accept(h.now, leg, 40004);
+        let (ok, _) = h.responses().remove(0);
+        let offer = String::from_utf8(ok.body.clone()).unwrap();
+        assert!(offer.contains("m=audio 40004 RTP/AVP"), "{offer}");
+        assert!(h.events().is_empty(), "media waits for the answer");
+        let tag = ok.to_tag().unwrap().to_string();
+        let ack = request("ACK", "l1", 1, Some(&tag), &sdp("8", "")).replace("l1-1-ACK", "l1-ack");
+        h.send(&ack);
+        let evs = h.events();
+        assert!(
+            matches!(&evs[0], Event::Media { negotiated, .. } if negotiated.codec == crate::media::Codec::Pcma)
+        );
+        assert!(matches!(&evs[1], Event::Confirmed { .. }));
+    }
+
+    #[test]
+    fn reinvite_hold_and_resume() {
+        let mut h = Harness::new();
+        let (_, ok) = h.answered_call("r1");
+        let tag = ok.to_tag().unwrap().to_string();
+        h.send(&request("ACK", "r1", 1, Some(&tag), "").replace("r1-1-ACK", "r1-ack"));
+        h.events();
+        let hold = request("INVITE", "r1", 2, Some(&tag), &sdp("0", "a=sendonly\r\n"));
+        h.send(&hold);
+        let (r, _) = h.responses().remove(0);
+        assert_eq!(r.status, 200);
+        let answer = String::from_utf8(r.body.clone()).unwrap();
+        assert!(answer.contains("a=recvonly"), "{answer}");
+        assert!(
+            answer.contains("m=audio 40000 "),
+            "same port on re-INVITE: {answer}"
+        );
+        assert!(
+            matches!(h.events().as_slice(), [Event::Media { negotiated, .. }] if negotiated.direction == Direction::RecvOnly)
+        );
+        h.send(&request("ACK", "r1", 2, Some(&tag), "").replace("r1-2-ACK", "r1-ack2"));
+        let resume = request("INVITE", "r1", 3, Some(&tag), &sdp("8", ""));
+        h.send(&resume);
+        assert_eq!(h.statuses(), vec![200]);
+        assert!(
+            matches!(h.events().as_slice(), [Event::Media { negotiated, .. }] if negotiated.direction == Direction::SendRecv && negotiated.codec == crate::media::Codec::Pcma)
+        );
+        // An old CSeq is out of order.
+        h.send(&request("UPDATE", "r1", 1, Some(&tag), ""));
+        assert_eq!(h.statuses(), vec![500]);
+        let update = request("UPDATE", "r1", 4, Some(&tag), &sdp("0", ""));
+        h.send(&update);
+        assert_eq!(h.statuses(), vec![200]);
+    }
+
+    #[test]
+    fn via_received_rport_and_tcp_replies() {
+        let mut h = Harness::new();
+        let text = request("OPTIONS", "v1", 1, None, "").replace(
+            &format!("Via: SIP/2.0/UDP {CALLER};branch=z9hG4bK-v1-1-OPTIONS"),
+            "Via: SIP/2.0/UDP phone.example.com:5080;branch=z9hG4bK-v1;rport",
+        );
+        h.send_from(
+            &text,
+            Peer {
+                transport: Transport::Udp,
+                addr: "127.0.0.9:40123".parse().unwrap(),
+                conn: None,
+            },
+        );
+        let (r, peer) = h.responses().remove(0);
+        assert_eq!(peer.addr, "127.0.0.9:40123".parse().unwrap());
+        assert_eq!(r.vias[0].param("received"), Some(Some("127.0.0.9")));
+        assert_eq!(r.vias[0].param("rport"), Some(Some("40123")));
+        let text = text
+            .replace(";rport", "")
+            .replace("z9hG4bK-v1", "z9hG4bK-v2");
+        h.send_from(
+            &text,
+            Peer {
+                transport: Transport::Udp,
+                addr: "127.0.0.9:40123".parse().unwrap(),
+                conn: None,
+            },
+        );
+        let (_, peer) = h.responses().remove(0);
+        assert_eq!(peer.addr, "127.0.0.9:5080".parse().unwrap());
+        let tcp = Peer {
+            transport: Transport::Tcp,
+            addr: "127.0.0.9:40999".parse().unwrap(),
+            conn: Some(ConnId(7)),
+        };
+        h.send_from(&request("OPTIONS", "v3", 1, None, ""), tcp.clone());
+        let (_, peer) = h.responses().remove(0);
+        assert_eq!(peer, tcp);
+    }
+
+    #[test]
+    fn anonymous_callers_are_flagged() {
+        let mut h = Harness::new();
+        let anon = invite("a1", 1, &sdp("0", "")).replace(
+            "<sip:alice@127.0.0.1>",
+            "\"Anonymous\" <sip:anonymous@anonymous.invalid>",
+        );
+        h.send(&anon);
+        h.statuses();
+        assert!(matches!(h.events().as_slice(), [Event::Incoming { call, .. }] if call.anonymous));
+        let private = invite("a2", 1, &sdp("0", "")).replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nPrivacy: id\r\n",
+        );
+        h.send(&private);
+        h.statuses();
+        assert!(matches!(h.events().as_slice(), [Event::Incoming { call, .. }] if call.anonymous));
+        h.send(&invite("a3", 1, &sdp("0", "")));
+        h.statuses();
+        assert!(matches!(h.events().as_slice(), [Event::Incoming { call, .. }] if !call.anonymous));
+    }
 }

@@ -313,9 +313,15 @@ impl Uri {
             "tel" => Scheme::Tel,
             other => Scheme::Other(other.to_string()),
         };
-        let (rest, headers) = match rest.split_once('?') {
+        // The user part may hold '?' and ';' (RFC 3261 §25.1 `user-unreserved`), so headers
+        // are looked for only after the '@' (userinfo never holds a raw '@').
+        let (user_part, host_part) = match rest.split_once('@') {
+            Some((u, h)) if matches!(scheme, Scheme::Sip | Scheme::Sips) => (Some(u), h),
+            _ => (None, rest),
+        };
+        let (rest, headers) = match host_part.split_once('?') {
             Some((r, h)) => (r, Some(h.to_string())),
-            None => (rest, None),
+            None => (host_part, None),
         };
         let mut uri = Uri {
             scheme: scheme.clone(),
@@ -328,19 +334,14 @@ impl Uri {
         };
         match scheme {
             Scheme::Sip | Scheme::Sips => {
-                // userinfo never holds a raw '@' (it must be escaped), params never do either.
-                let hostpart = match rest.split_once('@') {
-                    Some((user, host)) => {
-                        let user = user.split(':').next().unwrap_or_default();
-                        if user.is_empty() {
-                            return Err("empty user part in URI".into());
-                        }
-                        uri.user = Some(user.to_string());
-                        host
+                if let Some(user) = user_part {
+                    let user = user.split(':').next().unwrap_or_default();
+                    if user.is_empty() {
+                        return Err("empty user part in URI".into());
                     }
-                    None => rest,
-                };
-                let mut parts = hostpart.split(';');
+                    uri.user = Some(user.to_string());
+                }
+                let mut parts = rest.split(';');
                 let hostport = parts.next().unwrap_or_default();
                 let (host, port) = parse_hostport(hostport)?;
                 uri.host = host;
@@ -629,6 +630,29 @@ impl Via {
         let params = parse_params(parts)?;
         Ok(Via {
             transport: proto[2].to_ascii_uppercase(),
+            host,
+            port,
+            params,
+        })
+    }
+
+    /// Reads a Via well enough to address an error response: any SIP version, empty
+    /// parameters skipped. `None` if not even a host can be found.
+    pub fn parse_lenient(s: &str) -> Option<Via> {
+        let s = s.trim();
+        let slash = s.rfind('/')?;
+        let rest = s[slash + 1..].trim_start();
+        let split = rest.find(|c: char| c.is_whitespace())?;
+        let transport = rest[..split].to_ascii_uppercase();
+        let mut parts = rest[split..].split(';');
+        let (host, port) = parse_hostport(parts.next()?).ok()?;
+        let params = parts
+            .filter(|p| !p.trim().is_empty())
+            .filter_map(|p| parse_params(std::iter::once(p)).ok())
+            .flatten()
+            .collect();
+        Some(Via {
+            transport,
             host,
             port,
             params,
@@ -1103,11 +1127,10 @@ struct RawResponse {
 }
 
 fn parse_head(head: &[u8]) -> Result<Head, ParseError> {
+    // NUL is not rejected here: a quoted-pair may escape it (RFC 4475 §3.1.1.2); the
+    // token and URI parsers refuse it everywhere else.
     let text = std::str::from_utf8(head)
         .map_err(|_| ParseError::drop("invalid UTF-8 in message header"))?;
-    if text.contains('\0') {
-        return Err(ParseError::drop("NUL octet in message header"));
-    }
     let lines = unfold(text.trim_start_matches(['\r', '\n']));
     let mut lines = lines.into_iter();
     let start = lines.next().unwrap_or_default();
@@ -1194,15 +1217,16 @@ fn parse_head(head: &[u8]) -> Result<Head, ParseError> {
 /// Builds a best-effort request for addressing an error response, or a drop when even the
 /// top Via is unusable.
 fn reply_error(h: RawRequest, status: u16, reason: &str) -> ParseError {
-    let vias: Vec<Via> = match h
+    // The Vias of a broken request may be broken too: read them leniently, since all we
+    // need is where to send the error (RFC 3261 §18.2.2).
+    let vias: Vec<Via> = h
         .headers
         .all("Via")
-        .map(Via::parse)
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(v) if !v.is_empty() => v,
-        _ => return ParseError::drop(format!("{reason} (and no usable Via to answer)")),
-    };
+        .filter_map(Via::parse_lenient)
+        .collect();
+    if vias.is_empty() {
+        return ParseError::drop(format!("{reason} (and no usable Via to answer)"));
+    }
     let from = h.headers.get("From").and_then(|v| NameAddr::parse(v).ok());
     let to = h.headers.get("To").and_then(|v| NameAddr::parse(v).ok());
     let placeholder = || NameAddr {
@@ -1246,6 +1270,12 @@ fn validate_request(h: RawRequest) -> Result<Request, ParseError> {
     if let Some(e) = h.line_error.clone() {
         return Err(reply_error(h, 400, &e));
     }
+    if h.version != "SIP/2.0" {
+        if h.version.len() > 4 && h.version[..4].eq_ignore_ascii_case("SIP/") {
+            return Err(reply_error(h, 505, "Version Not Supported"));
+        }
+        return Err(reply_error(h, 400, "Malformed SIP-Version"));
+    }
     if let Err(e) = h
         .headers
         .all("Via")
@@ -1253,12 +1283,6 @@ fn validate_request(h: RawRequest) -> Result<Request, ParseError> {
         .collect::<Result<Vec<_>, _>>()
     {
         return Err(reply_error(h, 400, &format!("Malformed Via: {e}")));
-    }
-    if h.version != "SIP/2.0" {
-        if h.version.len() > 4 && h.version[..4].eq_ignore_ascii_case("SIP/") {
-            return Err(reply_error(h, 505, "Version Not Supported"));
-        }
-        return Err(reply_error(h, 400, "Malformed SIP-Version"));
     }
     for name in SINGLE_MANDATORY {
         match h.headers.count(name) {

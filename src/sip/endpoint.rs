@@ -275,11 +275,8 @@ impl Endpoint {
         self.dialogs.insert(dialog.id.clone(), leg_id);
         leg.dialog = Some(dialog);
         leg.state = LegState::Answered;
-        let resp = self.ok_with_sdp(
-            &self.legs[&leg_id].invite,
-            &self.legs[&leg_id].local_tag,
-            body,
-        );
+        let leg = &self.legs[&leg_id];
+        let resp = self.ok_with_sdp(&leg.invite, &leg.local_tag, body, &leg.source);
         let bytes = resp.to_bytes();
         let leg = self.legs.get_mut(&leg_id).expect("leg exists");
         let cseq = leg.invite.cseq.seq;
@@ -349,16 +346,10 @@ impl Endpoint {
         }
         let key = TxKey::server(&req, false);
         if req.method == Method::Invite {
-            if let Some((_, tx, leg)) = self.invite_servers.get_mut(&key) {
+            if let Some((_, tx, _)) = self.invite_servers.get_mut(&key) {
+                // The transaction resends its last response (100, or our 2xx in Accepted).
                 tx.handle_request(now, &req);
-                let leg = *leg;
                 self.drain_invite_server(&key);
-                if let Some(leg) = leg.and_then(|l| self.legs.get_mut(&l)) {
-                    if let Some((_, r)) = &mut leg.two_xx {
-                        r.resend();
-                    }
-                }
-                self.drain_two_xx_all();
                 return;
             }
         } else if let Some((_, tx)) = self.non_invite_servers.get_mut(&key) {
@@ -595,7 +586,7 @@ impl Endpoint {
         }
         let local_tag = leg.local_tag.clone();
         self.start_invite_server(now, key.clone(), peer.clone(), Some(leg_id));
-        let resp = self.ok_with_sdp(&req, &local_tag, body);
+        let resp = self.ok_with_sdp(&req, &local_tag, body, &peer);
         let bytes = resp.to_bytes();
         let leg = self.legs.get_mut(&leg_id).expect("caller checked");
         leg.state = LegState::Answered;
@@ -866,16 +857,6 @@ impl Endpoint {
         }
     }
 
-    fn drain_two_xx_all(&mut self) {
-        for leg in self.legs.values_mut() {
-            if let Some((_, r)) = &mut leg.two_xx {
-                while let Some(t) = r.poll_transmit() {
-                    self.transmits.push_back(t);
-                }
-            }
-        }
-    }
-
     fn start_invite_server(&mut self, _now: Instant, key: TxKey, peer: Peer, leg: Option<LegId>) {
         let id = self.alloc_id();
         self.wake_keys.insert(id, key.clone());
@@ -1031,21 +1012,13 @@ impl Endpoint {
         Response::to(req, status, reason, tag).with_header("Server", self.cfg.user_agent.clone())
     }
 
-    fn ok_with_sdp(&self, req: &Request, local_tag: &str, body: String) -> Response {
-        let peer = self
-            .legs
-            .values()
-            .find(|l| l.invite.call_id == req.call_id)
-            .map(|l| l.source.clone());
+    fn ok_with_sdp(&self, req: &Request, local_tag: &str, body: String, peer: &Peer) -> Response {
         let mut resp = self.response(req, 200, "OK", Some(local_tag));
         // §12.1.1: the UAS copies Record-Route into its 2xx.
         for rr in req.headers.all("Record-Route") {
             resp = resp.with_header("Record-Route", rr.to_string());
         }
-        let contact = peer
-            .map(|p| self.contact(&p))
-            .unwrap_or_else(|| format!("<sip:{}>", self.cfg.sip_addr));
-        resp.with_header("Contact", contact)
+        resp.with_header("Contact", self.contact(peer))
             .with_header("Allow", ALLOW)
             .with_header("Supported", "")
             .with_body("application/sdp", body.into_bytes())

@@ -205,6 +205,12 @@ impl RtpSender {
         self.timestamp = self.timestamp.wrapping_add(samples);
         self.talkspurt_start = true;
     }
+
+    /// Records that the last packet written never reached the wire (the socket refused it),
+    /// so the peer's stream has a gap and the next packet starts a talkspurt.
+    pub fn restart_talkspurt(&mut self) {
+        self.talkspurt_start = true;
+    }
 }
 
 /// Why the port pool could not be built or could not hand out a port.
@@ -580,6 +586,9 @@ mod tests {
         let h = send(&mut sender);
         assert_eq!((h.marker, h.sequence, h.timestamp), (true, 11, 51 * 160));
         assert!(!send(&mut sender).marker);
+        sender.restart_talkspurt();
+        let h = send(&mut sender);
+        assert_eq!((h.marker, h.sequence, h.timestamp), (true, 13, 53 * 160));
     }
 
     #[test]

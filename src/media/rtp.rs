@@ -345,11 +345,15 @@ impl Latch {
         }
     }
 
-    /// New SDP (re-INVITE): keeps the latched source only if the new rules still accept it.
+    /// New SDP (re-INVITE). If it names the same address (hold, resume, codec change) the
+    /// latched source stays, provided the new rules still accept it. If the peer moved its
+    /// media, we send to the new address and latch afresh: the old source would otherwise
+    /// hold the latch for up to [`RELATCH_AFTER`] while the peer listens elsewhere.
     pub fn retarget(&mut self, sdp_remote: Option<SocketAddr>, signalling_ip: IpAddr) {
-        let latched = self.latched;
-        *self = Latch::new(sdp_remote, signalling_ip);
-        self.latched = latched.filter(|l| self.allows(l.source));
+        let old = std::mem::replace(self, Latch::new(sdp_remote, signalling_ip));
+        if old.sdp == self.sdp {
+            self.latched = old.latched.filter(|l| self.allows(l.source));
+        }
     }
 
     /// Whether packets from `source` may feed this call at all.
@@ -753,13 +757,24 @@ mod tests {
     }
 
     #[test]
-    fn retarget_keeps_the_latch_only_if_still_accepted() {
+    fn retarget_keeps_the_latch_only_for_the_same_sdp_address_and_accepted_source() {
         let t0 = Instant::now();
         let nat = addr([203, 0, 113, 5], 61000);
-        let mut latch = Latch::new(Some(addr([192, 168, 1, 10], 4000)), SIGNALLING);
+        let sdp = addr([192, 168, 1, 10], 4000);
+        let mut latch = Latch::new(Some(sdp), SIGNALLING);
         assert!(latch.observe(t0, nat));
-        latch.retarget(Some(addr([192, 168, 1, 10], 4002)), SIGNALLING);
+        latch.retarget(Some(sdp), SIGNALLING); // hold, resume
         assert_eq!(latch.destination(), Some(nat));
+        // The phone moved its media to another port: send there until it speaks.
+        latch.retarget(Some(addr([192, 168, 1, 10], 4002)), SIGNALLING);
+        assert_eq!(latch.destination(), Some(addr([192, 168, 1, 10], 4002)));
+        assert!(latch.observe(t0, nat));
+        // Signalling now from elsewhere: the old source is no longer accepted.
+        latch.retarget(
+            Some(addr([192, 168, 1, 10], 4002)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        );
+        assert_eq!(latch.latched(), None);
         latch.retarget(
             Some(addr([198, 51, 100, 7], 30000)),
             IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),

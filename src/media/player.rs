@@ -41,6 +41,25 @@ impl Clip {
         }
     }
 
+    /// A clip from frames already encoded in both laws (tones, test sounds, frames produced
+    /// without going through `g711`). [`Clip::pcm`] is empty for such a clip.
+    ///
+    /// # Panics
+    /// If the two laws hold different numbers of frames: a clip must last as long in either.
+    pub fn from_frames(name: impl Into<String>, pcmu: Vec<Frame>, pcma: Vec<Frame>) -> Self {
+        assert_eq!(
+            pcmu.len(),
+            pcma.len(),
+            "a clip has as many μ-law frames as A-law frames"
+        );
+        Clip {
+            name: name.into(),
+            pcm: Vec::new(),
+            pcmu,
+            pcma,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

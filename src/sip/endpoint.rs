@@ -151,6 +151,7 @@ enum Wake {
 pub struct Endpoint {
     cfg: EndpointConfig,
     next_id: u64,
+    next_leg: u64,
     invite_servers: HashMap<TxKey, (u64, InviteServer, Option<LegId>)>,
     non_invite_servers: HashMap<TxKey, (u64, NonInviteServer)>,
     clients: HashMap<String, (u64, NonInviteClient, LegId)>,
@@ -170,6 +171,7 @@ impl Endpoint {
         Endpoint {
             cfg,
             next_id: 1,
+            next_leg: 1,
             invite_servers: HashMap::new(),
             non_invite_servers: HashMap::new(),
             clients: HashMap::new(),
@@ -453,7 +455,8 @@ impl Endpoint {
                 return;
             }
         }
-        let leg_id = LegId(self.alloc_id());
+        let leg_id = LegId(self.next_leg);
+        self.next_leg += 1;
         let key = TxKey::server(&req, false);
         self.start_invite_server(now, key.clone(), peer.clone(), Some(leg_id));
         let local_tag = new_tag();
@@ -559,7 +562,7 @@ impl Endpoint {
                 .with_header("Retry-After", "1");
             return self.respond_invite(now, &key, resp.to_bytes(), 500);
         }
-        let Some(mut media) = leg.media.clone() else {
+        let Some(mut media) = leg.media else {
             return;
         };
         media.session_version += 1;
@@ -607,7 +610,7 @@ impl Endpoint {
         if req.body.is_empty() {
             return self.reply(now, &req, peer, Reply::plain(200, "OK"));
         }
-        let Some(mut media) = leg.media.clone() else {
+        let Some(mut media) = leg.media else {
             return self.reply(now, &req, peer, Reply::plain(491, "Request Pending"));
         };
         media.session_version += 1;
@@ -633,12 +636,12 @@ impl Endpoint {
     fn handle_ack(&mut self, now: Instant, req: Request) {
         // ACK for a non-2xx final response belongs to the INVITE transaction (§17.2.1).
         let key = TxKey::server(&req, true);
-        if let Some((_, tx, _)) = self.invite_servers.get_mut(&key) {
-            if tx.state() == InviteServerState::Completed {
-                tx.handle_request(now, &req);
-                self.drain_invite_server(&key);
-                return;
-            }
+        if let Some((_, tx, _)) = self.invite_servers.get_mut(&key)
+            && tx.state() == InviteServerState::Completed
+        {
+            tx.handle_request(now, &req);
+            self.drain_invite_server(&key);
+            return;
         }
         // ACK for a 2xx is a request of its own inside the dialog (§13.2.2.4).
         let id = DialogId {
@@ -711,18 +714,17 @@ impl Endpoint {
         if state != InviteServerState::Proceeding {
             return; // already answered: the CANCEL has no effect
         }
-        if let Some(leg_id) = leg {
-            if self
+        if let Some(leg_id) = leg
+            && self
                 .legs
                 .get(&leg_id)
                 .is_some_and(|l| l.state == LegState::Offered)
-            {
-                let invite = self.legs[&leg_id].invite.clone();
-                let tag = self.legs[&leg_id].local_tag.clone();
-                let resp = self.response(&invite, 487, "Request Terminated", Some(&tag));
-                self.respond_invite(now, &invite_key, resp.to_bytes(), 487);
-                self.end_leg(leg_id, EndReason::Cancelled);
-            }
+        {
+            let invite = self.legs[&leg_id].invite.clone();
+            let tag = self.legs[&leg_id].local_tag.clone();
+            let resp = self.response(&invite, 487, "Request Terminated", Some(&tag));
+            self.respond_invite(now, &invite_key, resp.to_bytes(), 487);
+            self.end_leg(leg_id, EndReason::Cancelled);
         }
     }
 
@@ -800,7 +802,7 @@ impl Endpoint {
             *l = None;
         }
         self.stats.calls_ended += 1;
-        info!(leg = leg_id.0, call_id = %leg.invite.call_id, ?reason, "call ended");
+        debug!(leg = leg_id.0, call_id = %leg.invite.call_id, ?reason, "leg ended");
         self.events.push_back(Event::Ended {
             leg: leg_id,
             reason,

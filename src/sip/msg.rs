@@ -193,10 +193,10 @@ const LIST_HEADERS: &[&str] = &["Via", "Contact", "Route", "Record-Route"];
 const SINGLE_MANDATORY: &[&str] = &["Call-ID", "From", "To", "CSeq"];
 
 fn canonical_name(name: &str) -> Cow<'static, str> {
-    if name.len() == 1 {
-        if let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
-            return Cow::Borrowed(full);
-        }
+    if name.len() == 1
+        && let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name))
+    {
+        return Cow::Borrowed(full);
     }
     match CANONICAL.iter().find(|c| c.eq_ignore_ascii_case(name)) {
         Some(c) => Cow::Borrowed(c),
@@ -394,12 +394,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -1294,10 +1295,10 @@ fn validate_request(h: RawRequest) -> Result<Request, ParseError> {
     if h.headers.count("Max-Forwards") > 1 {
         return Err(reply_error(h, 400, "Multiple Max-Forwards headers"));
     }
-    if let Some(mf) = h.headers.get("Max-Forwards") {
-        if mf.parse::<u8>().is_err() {
-            return Err(reply_error(h, 400, "Invalid Max-Forwards"));
-        }
+    if let Some(mf) = h.headers.get("Max-Forwards")
+        && mf.parse::<u8>().is_err()
+    {
+        return Err(reply_error(h, 400, "Invalid Max-Forwards"));
     }
     let cseq = match CSeq::parse(h.headers.get("CSeq").unwrap_or_default()) {
         Ok(c) => c,

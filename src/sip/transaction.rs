@@ -55,7 +55,7 @@ pub struct Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxEvent {
     /// A response arrived for our client transaction (provisional or final).
-    Response(super::msg::Response),
+    Response(Box<super::msg::Response>),
     /// Timer B/F/H fired: the peer never completed the exchange (RFC 3261 §17.1.2.2, §17.2.1).
     Timeout,
     /// The transaction is over and may be forgotten.
@@ -241,13 +241,13 @@ impl InviteServer {
                 }
             }
         }
-        if let Some((timer, at)) = self.deadline {
-            if at <= now {
-                if timer == TxTimer::H {
-                    self.events.push_back(TxEvent::Timeout);
-                }
-                self.terminate();
+        if let Some((timer, at)) = self.deadline
+            && at <= now
+        {
+            if timer == TxTimer::H {
+                self.events.push_back(TxEvent::Timeout);
             }
+            self.terminate();
         }
     }
 
@@ -446,7 +446,7 @@ impl NonInviteClient {
             if let Some(b) = &mut self.retransmit {
                 b.cap = T2;
             }
-            self.events.push_back(TxEvent::Response(resp));
+            self.events.push_back(TxEvent::Response(Box::new(resp)));
             return;
         }
         self.state = NonInviteClientState::Completed;
@@ -458,7 +458,7 @@ impl NonInviteClient {
             T4
         };
         self.timer_k = Some(now + wait);
-        self.events.push_back(TxEvent::Response(resp));
+        self.events.push_back(TxEvent::Response(Box::new(resp)));
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

@@ -1,0 +1,331 @@
+//! The real `pinbridge` binary as a test fixture.
+//!
+//! `Server::start()` runs `pinbridge serve` on 127.0.0.1 port 0 with an RTP range from a
+//! reserved [`PortBlock`], a fresh data directory and the repository's `audio/`, then waits
+//! (at most [`READY_TIMEOUT`]) for the one stdout line `pinbridge ready sip=ADDR`. Stderr (the
+//! logs) goes to a file the test can search. Dropping the fixture kills the process; when
+//! the test is panicking it also prints the tail of the logs.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::ports::PortBlock;
+use super::process::tail;
+
+/// How long the binary may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `terminate` waits after SIGTERM (the server's own BYE wait is shorter).
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The prefix of the ready line; the SIP address follows.
+const READY_PREFIX: &str = "pinbridge ready sip=";
+
+/// Options for starting the server.
+pub struct ServerBuilder {
+    rtp_ports: Option<(u16, u16)>,
+    audio_dir: PathBuf,
+    log_level: String,
+    extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl ServerBuilder {
+    /// Uses this RTP range instead of one from a reserved [`PortBlock`]. The caller then
+    /// answers for nobody else using it.
+    pub fn rtp_ports(mut self, first: u16, last: u16) -> Self {
+        self.rtp_ports = Some((first, last));
+        self
+    }
+
+    pub fn audio_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.audio_dir = dir.into();
+        self
+    }
+
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_string();
+        self
+    }
+
+    /// Appends an argument after the standard ones.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the binary and waits for it to be ready; panics (with its logs) if it exits
+    /// or stays silent for [`READY_TIMEOUT`].
+    pub fn start(self) -> Server {
+        let ports = PortBlock::reserve();
+        let (rtp_first, rtp_last) = self.rtp_ports.unwrap_or_else(|| ports.rtp_range());
+        let data_dir = tempfile::Builder::new()
+            .prefix("pinbridge-test-")
+            .tempdir()
+            .expect("creating a data dir");
+        std::fs::create_dir(data_dir.path().join("data")).expect("creating the data dir");
+        let log_path = data_dir.path().join("server-stderr.log");
+        let log_file = File::create(&log_path).expect("creating the log file");
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pinbridge"));
+        cmd.arg("serve")
+            .args(["--sip-listen", "127.0.0.1:0"])
+            .arg("--rtp-ports")
+            .arg(format!("{rtp_first}-{rtp_last}"))
+            .arg("--audio-dir")
+            .arg(&self.audio_dir)
+            .arg("--data-dir")
+            .arg(data_dir.path().join("data"))
+            .args(["--log-level", &self.log_level])
+            .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        let command_line = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command_line}: {e}"));
+
+        // Stdout lines go through a channel so the wait for the first one is bounded; the
+        // reader keeps draining afterwards so the server never blocks on a full pipe.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+
+        let mut server = Server {
+            child,
+            sip_addr: "127.0.0.1:0".parse().expect("literal address"),
+            rtp_ports: (rtp_first, rtp_last),
+            log_path,
+            stdout: rx,
+            extra_stdout: Vec::new(),
+            _data_dir: data_dir,
+            _ports: ports,
+            command_line,
+            logs_shown: false,
+        };
+        server.sip_addr = server.wait_ready();
+        server
+    }
+}
+
+/// A running `pinbridge serve`.
+pub struct Server {
+    child: Child,
+    sip_addr: SocketAddr,
+    rtp_ports: (u16, u16),
+    log_path: PathBuf,
+    stdout: mpsc::Receiver<String>,
+    extra_stdout: Vec<String>,
+    _data_dir: tempfile::TempDir,
+    _ports: PortBlock,
+    command_line: String,
+    /// Set once a panic message has included the logs, so Drop does not repeat them.
+    logs_shown: bool,
+}
+
+impl Server {
+    /// Starts the server with the standard options.
+    pub fn start() -> Server {
+        Server::builder().start()
+    }
+
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            rtp_ports: None,
+            audio_dir: super::repo_root().join("audio"),
+            log_level: "debug".into(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// The SIP address from the ready line (UDP and TCP).
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip_addr
+    }
+
+    /// The `--rtp-ports` range, inclusive.
+    pub fn rtp_ports(&self) -> (u16, u16) {
+        self.rtp_ports
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The data directory passed as `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self._data_dir.path().join("data")
+    }
+
+    /// Where stderr (the logs) is written.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything logged so far (lossy UTF-8).
+    pub fn logs(&self) -> String {
+        std::fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits at most `timeout` for `needle` to appear in the logs.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        super::wait_until(timeout, Duration::from_millis(50), || {
+            self.logs().contains(needle)
+        })
+    }
+
+    /// Lines printed on stdout after the ready line (the contract says there are none).
+    pub fn extra_stdout(&mut self) -> &[String] {
+        while let Ok(line) = self.stdout.try_recv() {
+            self.extra_stdout.push(line);
+        }
+        &self.extra_stdout
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, `libc::SIGINT`, …) to the server.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped, so the pid
+        // cannot have been reused).
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits at most `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on the server") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait at most [`EXIT_TIMEOUT`]; returns the exit status. Panics (after
+    /// SIGKILL) if the server does not exit in time. Calls must have their BYEs answered by
+    /// someone meanwhile — use [`Server::signal`] + [`Server::wait_exit`] to answer them
+    /// from the test thread.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        match self.wait_exit(EXIT_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.logs_shown = true;
+                panic!(
+                    "pinbridge did not exit within {EXIT_TIMEOUT:?} of SIGTERM; killed it.\n{}",
+                    self.log_tail()
+                )
+            }
+        }
+    }
+
+    /// The last lines of the logs, for failure messages.
+    pub fn log_tail(&self) -> String {
+        format!(
+            "--- pinbridge stderr ({}), last 12 KiB ---\n{}",
+            self.log_path.display(),
+            tail(&self.logs(), 12 * 1024)
+        )
+    }
+
+    fn wait_ready(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .stdout
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    let Some(addr) = line.strip_prefix(READY_PREFIX) else {
+                        self.fail_start(&format!(
+                            "first stdout line is {line:?}, want \"{READY_PREFIX}127.0.0.1:PORT\""
+                        ));
+                    };
+                    let addr: SocketAddr = addr.trim().parse().unwrap_or_else(|_| {
+                        self.fail_start(&format!("ready line has no socket address: {line:?}"))
+                    });
+                    assert!(
+                        addr.ip().is_loopback() && addr.port() != 0,
+                        "ready line names {addr}, want 127.0.0.1 and a real port"
+                    );
+                    return addr;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Stdout closed: the process is exiting; give it a moment to be reaped.
+                    let status = self.wait_exit(Duration::from_secs(2));
+                    self.fail_start(&format!(
+                        "exited before printing the ready line (status {status:?})"
+                    ));
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Collect any line that raced with the exit before giving up.
+                if let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(200)) {
+                    self.fail_start(&format!(
+                        "exited ({status}) after printing {line:?} instead of the ready line"
+                    ));
+                }
+                self.fail_start(&format!("exited ({status}) before the ready line"));
+            }
+            if left.is_zero() {
+                self.fail_start(&format!("no ready line within {READY_TIMEOUT:?}"));
+            }
+        }
+    }
+
+    fn fail_start(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.logs_shown = true;
+        panic!(
+            "pinbridge did not start: {why}\ncommand: {}\n{}",
+            self.command_line,
+            self.log_tail()
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() && !self.logs_shown {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}

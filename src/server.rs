@@ -219,6 +219,7 @@ impl App {
                     remote: negotiated.remote,
                     signalling_ip: ctx.signalling_ip,
                     codec: negotiated.codec,
+                    payload_type: negotiated.payload_type,
                     telephone_event: negotiated.telephone_event,
                     direction: negotiated.direction,
                 };

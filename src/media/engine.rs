@@ -71,6 +71,9 @@ pub struct MediaParams {
     /// Where the call's SIP came from: RTP from any port on this IP is the peer's too.
     pub signalling_ip: IpAddr,
     pub codec: Codec,
+    /// The payload type carrying `codec`: its static number, or the peer's dynamic one when
+    /// its SDP put G.711 on a dynamic type (RFC 3551 §3 allows either).
+    pub payload_type: PayloadType,
     /// The negotiated `telephone-event` payload type (RFC 4733), if any.
     pub telephone_event: Option<PayloadType>,
     pub direction: Direction,
@@ -272,8 +275,8 @@ impl CallMedia {
                 self.sender.skip(FRAME_TIMESTAMP_STEP);
                 continue;
             };
-            let codec = negotiated.params.codec;
-            let len = self.write_frame(codec, buf);
+            let (codec, pt) = (negotiated.params.codec, negotiated.params.payload_type);
+            let len = self.write_frame(codec, pt, buf);
             self.stats.sent += 1;
             return Some(Transmit { destination, len });
         }
@@ -321,7 +324,7 @@ impl CallMedia {
         let Some(negotiated) = &self.negotiated else {
             return;
         };
-        if payload_type == negotiated.params.codec.payload_type() {
+        if payload_type == negotiated.params.payload_type {
             self.stats.audio_received += 1;
         } else if Some(payload_type) == negotiated.params.telephone_event {
             self.stats.telephone_events_received += 1;
@@ -354,7 +357,12 @@ impl CallMedia {
     }
 
     /// Writes the next frame — the playback's, else silence — as an RTP packet into `buf`.
-    fn write_frame(&mut self, codec: Codec, buf: &mut [u8; MAX_PACKET_LEN]) -> usize {
+    fn write_frame(
+        &mut self,
+        codec: Codec,
+        pt: PayloadType,
+        buf: &mut [u8; MAX_PACKET_LEN],
+    ) -> usize {
         let frame = self
             .playback
             .as_mut()
@@ -365,8 +373,8 @@ impl CallMedia {
             });
         let len = self
             .sender
-            .write(codec.payload_type(), frame, FRAME_TIMESTAMP_STEP, buf)
-            .expect("a G.711 frame with a static payload type fits MAX_PACKET_LEN");
+            .write(pt, frame, FRAME_TIMESTAMP_STEP, buf)
+            .expect("a G.711 frame fits MAX_PACKET_LEN");
         if let Some(playback) = &self.playback
             && playback.finished()
         {
@@ -900,6 +908,7 @@ mod tests {
             remote: Some(REMOTE),
             signalling_ip: SIGNALLING,
             codec: Codec::Pcmu,
+            payload_type: Codec::Pcmu.payload_type(),
             telephone_event: Some(PayloadType(101)),
             direction: Direction::SendRecv,
         }
@@ -1025,6 +1034,7 @@ mod tests {
             t0,
             MediaParams {
                 codec: Codec::Pcma,
+                payload_type: Codec::Pcma.payload_type(),
                 ..params()
             },
         );
@@ -1126,6 +1136,7 @@ mod tests {
             t0 + 30 * MS,
             MediaParams {
                 codec: Codec::Pcma,
+                payload_type: Codec::Pcma.payload_type(),
                 ..params()
             },
         );
@@ -1427,6 +1438,7 @@ mod tests {
                 remote: Some(peer.local_addr().unwrap()),
                 signalling_ip,
                 codec: Codec::Pcmu,
+                payload_type: Codec::Pcmu.payload_type(),
                 telephone_event: None,
                 direction: Direction::SendRecv,
             }

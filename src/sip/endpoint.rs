@@ -20,8 +20,8 @@ use super::dialog::{Dialog, DialogId};
 use super::msg::{self, Message, Method, NameAddr, ParseError, Request, Response, Scheme, Uri};
 use super::sdp::{self, LocalMedia, Negotiated};
 use super::transaction::{
-    InviteServer, InviteServerState, NonInviteClient, NonInviteServer, Transmit, TwoXxRetransmit,
-    TxEvent, TxKey,
+    InviteServer, InviteServerState, NonInviteClient, NonInviteServer, ServerTransaction, Transmit,
+    TwoXxRetransmit, TxEvent, TxKey,
 };
 use super::transport::{Peer, Transport};
 use crate::media::Direction;
@@ -878,17 +878,12 @@ impl Endpoint {
             return;
         };
         let id = *id;
-        while let Some(t) = tx.poll_transmit() {
-            self.transmits.push_back(t);
-        }
-        let mut terminated = false;
-        while let Some(ev) = tx.poll_event() {
-            terminated |= ev == TxEvent::Terminated;
-        }
-        if let Some(at) = tx.poll_timeout() {
-            self.timers.push(Reverse((at, Wake::InviteServer(id))));
-        }
-        if terminated {
+        if drain_server(
+            tx,
+            Wake::InviteServer(id),
+            &mut self.transmits,
+            &mut self.timers,
+        ) {
             self.invite_servers.remove(key);
             self.wake_keys.remove(&id);
         }
@@ -899,17 +894,12 @@ impl Endpoint {
             return;
         };
         let id = *id;
-        while let Some(t) = tx.poll_transmit() {
-            self.transmits.push_back(t);
-        }
-        let mut terminated = false;
-        while let Some(ev) = tx.poll_event() {
-            terminated |= ev == TxEvent::Terminated;
-        }
-        if let Some(at) = tx.poll_timeout() {
-            self.timers.push(Reverse((at, Wake::NonInviteServer(id))));
-        }
-        if terminated {
+        if drain_server(
+            tx,
+            Wake::NonInviteServer(id),
+            &mut self.transmits,
+            &mut self.timers,
+        ) {
             self.non_invite_servers.remove(key);
             self.wake_keys.remove(&id);
         }
@@ -1032,6 +1022,27 @@ impl Endpoint {
             Transport::Tcp => format!("<sip:{};transport=tcp>", self.cfg.sip_addr),
         }
     }
+}
+
+/// Moves a server transaction's transmits out and schedules its next wake; `true` once it
+/// has terminated and may be forgotten.
+fn drain_server(
+    tx: &mut impl ServerTransaction,
+    wake: Wake,
+    transmits: &mut VecDeque<Transmit>,
+    timers: &mut BinaryHeap<Reverse<(Instant, Wake)>>,
+) -> bool {
+    while let Some(t) = tx.poll_transmit() {
+        transmits.push_back(t);
+    }
+    let mut terminated = false;
+    while let Some(ev) = tx.poll_event() {
+        terminated |= ev == TxEvent::Terminated;
+    }
+    if let Some(at) = tx.poll_timeout() {
+        timers.push(Reverse((at, wake)));
+    }
+    terminated
 }
 
 /// Canned answers of the endpoint.

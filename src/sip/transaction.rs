@@ -62,6 +62,32 @@ pub enum TxEvent {
     Terminated,
 }
 
+/// The output side shared by server transactions, so their owner drains them one way.
+pub trait ServerTransaction {
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_event(&mut self) -> Option<TxEvent>;
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+macro_rules! server_transaction {
+    ($t:ty) => {
+        impl ServerTransaction for $t {
+            fn poll_transmit(&mut self) -> Option<Transmit> {
+                <$t>::poll_transmit(self)
+            }
+            fn poll_event(&mut self) -> Option<TxEvent> {
+                <$t>::poll_event(self)
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+        }
+    };
+}
+
+server_transaction!(InviteServer);
+server_transaction!(NonInviteServer);
+
 /// How a transaction recognises its messages (RFC 3261 §17.2.3, §17.1.3). ACK to a non-2xx
 /// final response matches its INVITE, so ACK keys are stored with method INVITE.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

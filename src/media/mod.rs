@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod dtmf;
 pub mod engine;
 pub mod g711;
 pub mod player;

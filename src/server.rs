@@ -160,6 +160,7 @@ impl App {
             let mut progressed = false;
             while let Some(t) = endpoint.poll_transmit() {
                 progressed = true;
+                debug!(to = %t.peer.addr, transport = t.peer.transport.as_str(), start = %first_line(&t.bytes), "sending");
                 match t.peer.transport {
                     Transport::Udp => {
                         if let Err(e) = self.udp.send_to(&t.bytes, t.peer.addr).await {
@@ -279,6 +280,15 @@ impl App {
             }
         }
     }
+}
+
+/// The start line of a SIP message, for one-line logs.
+fn first_line(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    let end = bytes
+        .iter()
+        .position(|b| *b == b'\r')
+        .unwrap_or(bytes.len().min(120));
+    String::from_utf8_lossy(&bytes[..end])
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -276,28 +276,54 @@ fn update_holds_and_resumes_like_a_reinvite() {
     );
 }
 
-/// The caller moves its media to a new socket: RTP follows to the new port and stops at
-/// the old one; the server keeps its own port and the stream continues.
+/// The caller moves its media to a new socket twice; each time RTP follows to the new port
+/// (from the same server port, one continuing stream) and stops at the old one.
+///
+/// First move: the caller sends no RTP, so only the SDP can say where to send. Second
+/// move: the caller had been sending from the old socket (symmetric RTP latched onto it)
+/// and sends from the new one after the re-INVITE; the latch must not keep us on the old.
 #[test]
 fn reinvite_to_a_new_media_address_moves_the_stream() {
     let server = Server::start();
-    let old = RtpReceiver::bind();
-    let offer = SdpOffer::g711(old.addr());
-    let mut up = call_up(&server, old, offer);
+    let first = RtpReceiver::bind();
+    let offer = SdpOffer::g711(first.addr());
+    let mut up = call_up(&server, first, offer);
+
+    let second = RtpReceiver::bind();
+    let offer2 = up.offer.next_version().media_addr(second.addr());
+    move_media(&mut up, second, offer2, false);
+
     let old_sender = up
         .rtp
         .start_sending(up.d.media, up.d.payload_type, Signal::Silence, SENDING);
     up.packets
-        .extend(up.rtp.recv_for(Duration::from_millis(200)));
+        .extend(up.rtp.recv_for(Duration::from_millis(300)));
     old_sender.stop();
+    let third = RtpReceiver::bind();
+    let offer3 = up.offer.next_version().media_addr(third.addr());
+    let _sender = move_media(&mut up, third, offer3, true);
 
-    let mut new = RtpReceiver::bind();
+    hang_up(&mut up.client, &mut up.d.call);
+}
+
+/// Re-INVITEs `up` to `new`'s address with `offer` (optionally sending from `new` right
+/// after), checks RTP arrives there and stops at the old socket, and makes `new` the
+/// call's socket.
+fn move_media(
+    up: &mut Up,
+    mut new: RtpReceiver,
+    offer: SdpOffer,
+    send_from_new: bool,
+) -> Option<common::RtpSender> {
     assert_ne!(new.addr(), up.rtp.addr());
-    let moved = up.offer.next_version().media_addr(new.addr());
-    let answer = renegotiate(&mut up, &moved, Carrier::ReInvite);
+    let answer = renegotiate(up, &offer, Carrier::ReInvite);
     assert_eq!(answer.audio().unwrap().direction(), "sendrecv");
-    let _new_sender = new.start_sending(up.d.media, up.d.payload_type, Signal::Silence, SENDING);
+    up.offer = offer;
+    let sender = send_from_new
+        .then(|| new.start_sending(up.d.media, up.d.payload_type, Signal::Silence, SENDING));
 
+    // The old socket first, so what arrives there is judged from the 200, not later.
+    assert_quiet(up, "old media address after the move");
     let at_new = new.recv_until(FIRST_RTP, |p: &[RtpPacket]| p.len() >= 25);
     if at_new.len() < 25 {
         up.client.fail(&format!(
@@ -315,9 +341,9 @@ fn reinvite_to_a_new_media_address_moves_the_stream() {
     }
     let last_old = up.packets.last().expect("packets at the old address");
     assert_eq!(at_new[0].ssrc, last_old.ssrc, "same stream, same SSRC");
-
-    assert_quiet(&mut up, "old media address after the move");
-    hang_up(&mut up.client, &mut up.d.call);
+    up.rtp = new;
+    up.packets = at_new;
+    sender
 }
 
 /// PCMU in use; a re-offer with PCMA only is answered with PCMA and the stream switches

@@ -882,9 +882,23 @@ impl SipClient {
         extra_headers: &[(&str, &str)],
         body: Option<(&str, &str)>,
     ) {
+        let msg = self.request_text(call, method, extra_headers, body);
+        self.send_raw(msg.as_bytes());
+    }
+
+    /// The request [`SipClient::request`] would send, with `call` advanced to it, but not
+    /// sent (to send it with [`SipClient::try_send_raw`], in pieces, or together with
+    /// others).
+    pub fn request_text(
+        &self,
+        call: &mut Call,
+        method: &str,
+        extra_headers: &[(&str, &str)],
+        body: Option<(&str, &str)>,
+    ) -> String {
         call.cseq += 1;
         let uri = self.target_uri(call);
-        let msg = self.build_request(
+        self.build_request(
             method,
             &uri,
             call,
@@ -892,8 +906,16 @@ impl SipClient {
             &new_branch(),
             extra_headers,
             body,
-        );
-        self.send_raw(msg.as_bytes());
+        )
+    }
+
+    /// An out-of-dialog OPTIONS to the server like [`SipClient::options`], built but not
+    /// sent.
+    pub fn options_text(&self) -> (Call, String) {
+        let mut call = self.new_call("pinbridge");
+        call.request_uri = format!("sip:{}", self.server);
+        let text = self.request_text(&mut call, "OPTIONS", &[("Accept", "application/sdp")], None);
+        (call, text)
     }
 
     pub fn bye(&mut self, call: &mut Call) {
@@ -902,9 +924,8 @@ impl SipClient {
 
     /// Sends an out-of-dialog OPTIONS to the server; returns its "call" for matching.
     pub fn options(&mut self) -> Call {
-        let mut call = self.new_call("pinbridge");
-        call.request_uri = format!("sip:{}", self.server);
-        self.request(&mut call, "OPTIONS", &[("Accept", "application/sdp")], None);
+        let (call, text) = self.options_text();
+        self.send_raw(text.as_bytes());
         call
     }
 

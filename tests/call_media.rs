@@ -21,7 +21,7 @@ use common::{
 /// The first RTP packet must arrive this soon after the ACK (or a resume).
 const FIRST_RTP: Duration = Duration::from_secs(5);
 /// Packets still in flight when a hold takes effect may arrive this long after its 200.
-const GRACE: Duration = Duration::from_millis(300);
+const GRACE: Duration = Duration::from_millis(500);
 /// How long a held stream must stay silent.
 const QUIET: Duration = Duration::from_secs(1);
 /// Longest our own RTP sender runs in a test.
@@ -116,6 +116,12 @@ fn renegotiate(up: &mut Up, offer: &SdpOffer, carrier: Carrier) -> Sdp {
 }
 
 fn check_answer_keeps_session(up: &Up, resp: &SipMessage, answer: &Sdp) {
+    // RFC 3261 §12.2.1.1 (target refresh) and RFC 3311 §5.2: the 2xx carries a Contact.
+    assert!(
+        resp.contact_uri().is_some(),
+        "2xx to a target refresh request needs a Contact: {}",
+        resp.to_text()
+    );
     assert_eq!(
         answer.audio_addr(),
         Some(up.d.media),
@@ -473,6 +479,41 @@ fn silent_caller_gets_bye_after_rtp_timeout() {
         "BYE From tag is the server's"
     );
     assert_eq!(bye.to_tag(), Some(d.call.from_tag.clone()));
+}
+
+/// `--rtp-timeout 2`: while the caller holds the call with `a=inactive` no RTP is expected,
+/// so silence is no reason to hang up; after the resume it is again, counted from the
+/// resume.
+#[test]
+fn inactive_hold_suspends_the_rtp_timeout_until_resume() {
+    let server = Server::builder().arg("--rtp-timeout").arg("2").start();
+    let mut client = SipClient::udp(server.sip_addr());
+    let rtp = RtpReceiver::bind();
+    let offer = SdpOffer::g711(rtp.addr());
+    let mut d = dial(&mut client, "1000", &offer);
+    let held = offer.next_version().direction("inactive");
+    reinvite(&mut client, &mut d.call, &held);
+
+    let call_id = d.call.call_id.clone();
+    let is_bye = |m: &SipMessage| m.method() == Some("BYE") && m.call_id() == Some(&call_id);
+    let bye = client.recv_matching(Duration::from_secs(4), is_bye);
+    assert!(
+        bye.is_none(),
+        "BYE for RTP silence while the call was inactive: {bye:?}"
+    );
+
+    let resumed_at = Instant::now();
+    reinvite(
+        &mut client,
+        &mut d.call,
+        &held.next_version().direction("sendrecv"),
+    );
+    let bye = client.answer_bye(&d.call, Duration::from_secs(10));
+    let after = bye.received_at - resumed_at;
+    assert!(
+        after >= Duration::from_millis(1500),
+        "BYE {after:?} after the resume: the 2 s timeout must restart when RTP is expected again"
+    );
 }
 
 /// `--rtp-timeout 2`: a caller that keeps sending is not hung up (5 s, well past the

@@ -40,7 +40,8 @@ struct Up {
     packets: Vec<RtpPacket>,
 }
 
-/// Dials `offer`'s media address with `offer` and waits for a few packets of the greeting.
+/// Dials with `offer` (whose media address is `rtp`'s) and waits for a few packets of the
+/// greeting.
 fn call_up(server: &Server, rtp: RtpReceiver, offer: SdpOffer) -> Up {
     let mut client = SipClient::udp(server.sip_addr());
     let d = dial(&mut client, "1000", &offer);

@@ -11,6 +11,8 @@
 //!   decode G.711 with the independent decoder in [`g711`], check rate and sequence, and
 //!   [`rtp::best_correlation`] proves what was heard.
 //! - [`sipp`] finds and runs SIPp; [`audio`] decodes reference audio with sox.
+//! - [`torture`] is the RFC 4475/5118 corpus in `../shared/sip-torture/` with the status
+//!   each message must get, shared by the sans-IO and the over-the-wire torture tests.
 //!
 //! Every wait here is bounded in time and every loop in count; a missing tool is a loud
 //! failure, never a skip.
@@ -26,6 +28,7 @@ pub mod rtp;
 pub mod server;
 pub mod sip;
 pub mod sipp;
+pub mod torture;
 
 use std::time::{Duration, Instant};
 
@@ -96,5 +99,29 @@ pub fn dial(client: &mut SipClient, user: &str, offer: &SdpOffer) -> Dialed {
         answer,
         media,
         payload_type: codecs[0],
+    }
+}
+
+/// A re-INVITE in an established call with `offer`: expects a 200 with an SDP answer, ACKs
+/// it, and returns both. Panics with the transcript on anything else.
+pub fn reinvite(client: &mut SipClient, call: &mut Call, offer: &SdpOffer) -> (SipMessage, Sdp) {
+    client.send_invite(call, Some(("application/sdp", &offer.render())), &[]);
+    let ok = client.expect_final(call, "INVITE", SIP_STEP);
+    if ok.status() != Some(200) {
+        client.fail(&format!("re-INVITE answered {:?}, want 200", ok.start_line));
+    }
+    client.ack(call, &ok);
+    let answer = ok
+        .sdp()
+        .unwrap_or_else(|e| client.fail(&format!("200 to re-INVITE without SDP answer: {e}")));
+    (ok, answer)
+}
+
+/// BYE from our side; expects 200.
+pub fn hang_up(client: &mut SipClient, call: &mut Call) {
+    client.bye(call);
+    let resp = client.expect_final(call, "BYE", SIP_STEP);
+    if resp.status() != Some(200) {
+        client.fail(&format!("BYE answered {:?}, want 200", resp.start_line));
     }
 }

@@ -505,7 +505,7 @@ impl SdpMedia {
     }
 }
 
-/// An SDP offer to put in an INVITE.
+/// An SDP offer (or answer) to put in an INVITE, re-INVITE, UPDATE or ACK.
 #[derive(Clone, Debug)]
 pub struct SdpOffer {
     pub media_addr: SocketAddr,
@@ -513,6 +513,12 @@ pub struct SdpOffer {
     pub formats: Vec<(u8, String, Option<String>)>,
     pub ptime: Option<u32>,
     pub session_id: String,
+    /// `o=` sess-version; RFC 3264 §8 wants it one higher in each changed offer.
+    pub session_version: u64,
+    /// The `a=` direction attribute (`sendrecv`, `sendonly`, `recvonly`, `inactive`).
+    pub direction: String,
+    /// The `c=` address when it is not `media_addr`'s (e.g. `0.0.0.0`, RFC 2543 hold).
+    pub connection: Option<IpAddr>,
 }
 
 impl SdpOffer {
@@ -526,6 +532,9 @@ impl SdpOffer {
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_secs())
                 .to_string(),
+            session_version: 1,
+            direction: "sendrecv".into(),
+            connection: None,
         }
     }
 
@@ -562,12 +571,47 @@ impl SdpOffer {
         self
     }
 
+    /// Sets the direction attribute (`sendonly` puts the other side on hold).
+    pub fn direction(mut self, direction: &str) -> SdpOffer {
+        self.direction = direction.to_string();
+        self
+    }
+
+    /// Writes `c=` with `ip` instead of the media address (the m= port stays).
+    pub fn connection(mut self, ip: IpAddr) -> SdpOffer {
+        self.connection = Some(ip);
+        self
+    }
+
+    /// Moves the media to `addr`.
+    pub fn media_addr(mut self, addr: SocketAddr) -> SdpOffer {
+        self.media_addr = addr;
+        self
+    }
+
+    /// Drops every format (to list others with `pcmu`, `pcma`, `codec`…).
+    pub fn clear_formats(mut self) -> SdpOffer {
+        self.formats.clear();
+        self
+    }
+
+    /// The next version of this session description (same `o=` id, version + 1), for a
+    /// re-offer (RFC 3264 §8).
+    pub fn next_version(&self) -> SdpOffer {
+        let mut next = self.clone();
+        next.session_version += 1;
+        next
+    }
+
     pub fn render(&self) -> String {
         let ip = self.media_addr.ip();
         let ipv = if ip.is_ipv4() { "IP4" } else { "IP6" };
+        let c_ip = self.connection.unwrap_or(ip);
+        let c_ipv = if c_ip.is_ipv4() { "IP4" } else { "IP6" };
         let mut s = format!(
-            "v=0\r\no=tester {id} {id} IN {ipv} {ip}\r\ns=pinbridge test\r\nc=IN {ipv} {ip}\r\nt=0 0\r\n",
-            id = self.session_id
+            "v=0\r\no=tester {id} {version} IN {ipv} {ip}\r\ns=pinbridge test\r\nc=IN {c_ipv} {c_ip}\r\nt=0 0\r\n",
+            id = self.session_id,
+            version = self.session_version,
         );
         let pts: Vec<String> = self.formats.iter().map(|f| f.0.to_string()).collect();
         let _ = write!(
@@ -585,7 +629,7 @@ impl SdpOffer {
         if let Some(p) = self.ptime {
             let _ = write!(s, "a=ptime:{p}\r\n");
         }
-        s.push_str("a=sendrecv\r\n");
+        let _ = write!(s, "a={}\r\n", self.direction);
         s
     }
 }
@@ -733,12 +777,24 @@ impl SipClient {
         body: Option<(&str, &str)>,
         extra_headers: &[(&str, &str)],
     ) {
+        let msg = self.invite_text(call, body, extra_headers);
+        self.send_raw(msg.as_bytes());
+    }
+
+    /// The INVITE [`SipClient::send_invite`] would send, with `call` advanced to it (new
+    /// CSeq and branch), but not sent: for sending the very same bytes more than once.
+    pub fn invite_text(
+        &self,
+        call: &mut Call,
+        body: Option<(&str, &str)>,
+        extra_headers: &[(&str, &str)],
+    ) -> String {
         call.cseq += 1;
         call.invite_cseq = call.cseq;
         let branch = new_branch();
         call.invite_branch = Some(branch.clone());
         let uri = self.target_uri(call);
-        let msg = self.build_request(
+        self.build_request(
             "INVITE",
             &uri,
             call,
@@ -746,8 +802,7 @@ impl SipClient {
             &branch,
             extra_headers,
             body,
-        );
-        self.send_raw(msg.as_bytes());
+        )
     }
 
     /// Sends CANCEL for the call's pending INVITE (§9.1: same Request-URI, Call-ID, From,
@@ -775,6 +830,17 @@ impl SipClient {
     /// transaction to the remote target (§13.2.2.4); for a non-2xx it belongs to the INVITE
     /// transaction: same branch and Request-URI, To copied from the response (§17.1.1.3).
     pub fn ack(&mut self, call: &Call, response: &SipMessage) {
+        self.ack_with_body(call, response, None);
+    }
+
+    /// [`SipClient::ack`] with a body: the SDP answer to an offer the server put in its 2xx
+    /// (RFC 3261 §13.2.1 late offer).
+    pub fn ack_with_body(
+        &mut self,
+        call: &Call,
+        response: &SipMessage,
+        body: Option<(&str, &str)>,
+    ) {
         let status = response.status().expect("ACK answers a response");
         let msg = if (200..300).contains(&status) {
             let uri = self.target_uri(call);
@@ -785,7 +851,7 @@ impl SipClient {
                 call.invite_cseq,
                 &new_branch(),
                 &[],
-                None,
+                body,
             )
         } else {
             let branch = call
@@ -801,7 +867,7 @@ impl SipClient {
                 call.invite_cseq,
                 &branch,
                 &[],
-                None,
+                body,
             )
         };
         self.send_raw(msg.as_bytes());
@@ -816,9 +882,23 @@ impl SipClient {
         extra_headers: &[(&str, &str)],
         body: Option<(&str, &str)>,
     ) {
+        let msg = self.request_text(call, method, extra_headers, body);
+        self.send_raw(msg.as_bytes());
+    }
+
+    /// The request [`SipClient::request`] would send, with `call` advanced to it, but not
+    /// sent (to send it with [`SipClient::try_send_raw`], in pieces, or together with
+    /// others).
+    pub fn request_text(
+        &self,
+        call: &mut Call,
+        method: &str,
+        extra_headers: &[(&str, &str)],
+        body: Option<(&str, &str)>,
+    ) -> String {
         call.cseq += 1;
         let uri = self.target_uri(call);
-        let msg = self.build_request(
+        self.build_request(
             method,
             &uri,
             call,
@@ -826,8 +906,16 @@ impl SipClient {
             &new_branch(),
             extra_headers,
             body,
-        );
-        self.send_raw(msg.as_bytes());
+        )
+    }
+
+    /// An out-of-dialog OPTIONS to the server like [`SipClient::options`], built but not
+    /// sent.
+    pub fn options_text(&self) -> (Call, String) {
+        let mut call = self.new_call("pinbridge");
+        call.request_uri = format!("sip:{}", self.server);
+        let text = self.request_text(&mut call, "OPTIONS", &[("Accept", "application/sdp")], None);
+        (call, text)
     }
 
     pub fn bye(&mut self, call: &mut Call) {
@@ -836,9 +924,8 @@ impl SipClient {
 
     /// Sends an out-of-dialog OPTIONS to the server; returns its "call" for matching.
     pub fn options(&mut self) -> Call {
-        let mut call = self.new_call("pinbridge");
-        call.request_uri = format!("sip:{}", self.server);
-        self.request(&mut call, "OPTIONS", &[("Accept", "application/sdp")], None);
+        let (call, text) = self.options_text();
+        self.send_raw(text.as_bytes());
         call
     }
 
@@ -875,6 +962,51 @@ impl SipClient {
                 .write_all(bytes)
                 .unwrap_or_else(|e| panic!("TCP send to {}: {e}", self.server)),
         }
+    }
+
+    /// Sends bytes as they are, reporting a failed write instead of panicking (for tests
+    /// where the server may already have closed the TCP connection).
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.note("->", &String::from_utf8_lossy(bytes));
+        let r = match &mut self.conn {
+            Conn::Udp(sock) => sock.send_to(bytes, self.server).map(|_| ()),
+            Conn::Tcp { stream, .. } => stream.write_all(bytes),
+        };
+        if let Err(e) = &r {
+            self.note("-> failed", &e.to_string());
+        }
+        r
+    }
+
+    /// Whether the server closed (or reset) the TCP connection, as far as reads have
+    /// seen. Always false on UDP.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.conn, Conn::Tcp { closed: true, .. })
+    }
+
+    /// Reads until the server closes the TCP connection or `timeout` passes; true if it
+    /// closed. Messages read meanwhile are kept for later waits. False at once on UDP.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        if matches!(self.conn, Conn::Udp(_)) {
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        for _ in 0..MAX_PENDING {
+            if self.is_closed() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if let Some(m) = self.read_message(left) {
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back(m);
+            }
+        }
+        self.is_closed()
     }
 
     /// The next message of any kind, waiting at most `timeout`.

@@ -1069,14 +1069,16 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
         Head::Request(h) => {
             let body = match body_of(&h.headers, available) {
                 Ok(b) => b,
-                Err(reason) => return Err(reply_error(h, 400, &reason)),
+                // RFC 3261 §21.5.11: a body over our limit is "too large", not malformed.
+                Err(BodyError::TooLarge(reason)) => return Err(reply_error(h, 513, &reason)),
+                Err(BodyError::Invalid(reason)) => return Err(reply_error(h, 400, &reason)),
             };
             let mut h = h;
             h.body = body;
             validate_request(h).map(Message::Request)
         }
         Head::Response(r) => {
-            let body = body_of(&r.headers, available).map_err(ParseError::drop)?;
+            let body = body_of(&r.headers, available).map_err(|e| ParseError::drop(e.reason()))?;
             let mut r = r;
             r.body = body;
             validate_response(r).map(Message::Response)
@@ -1084,21 +1086,44 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     }
 }
 
-fn body_of(headers: &Headers, available: &[u8]) -> Result<Vec<u8>, String> {
+/// Why a body cannot be taken as Content-Length says.
+enum BodyError {
+    TooLarge(String),
+    Invalid(String),
+}
+
+impl BodyError {
+    fn reason(self) -> String {
+        match self {
+            BodyError::TooLarge(r) | BodyError::Invalid(r) => r,
+        }
+    }
+}
+
+fn body_of(headers: &Headers, available: &[u8]) -> Result<Vec<u8>, BodyError> {
     let mut cl: Option<usize> = None;
     for v in headers.all("Content-Length") {
-        let n = parse_content_length(v)?;
+        let n = v.trim().parse::<usize>().ok();
+        if n.is_some_and(|n| n > MAX_MESSAGE_SIZE) {
+            return Err(BodyError::TooLarge(format!(
+                "Content-Length {} over the {MAX_MESSAGE_SIZE} octet limit",
+                v.trim()
+            )));
+        }
+        let n = parse_content_length(v).map_err(BodyError::Invalid)?;
         if cl.is_some_and(|c| c != n) {
-            return Err("conflicting Content-Length headers".into());
+            return Err(BodyError::Invalid(
+                "conflicting Content-Length headers".into(),
+            ));
         }
         cl = Some(n);
     }
     match cl {
         None => Ok(available.to_vec()),
-        Some(n) if n > available.len() => Err(format!(
+        Some(n) if n > available.len() => Err(BodyError::Invalid(format!(
             "Content-Length {n} exceeds the {} body octets received",
             available.len()
-        )),
+        ))),
         Some(n) => Ok(available[..n].to_vec()),
     }
 }
@@ -1585,6 +1610,8 @@ mod tests {
         assert_eq!(rejected(&too_long).0, 400);
         let negative = INVITE.replace("Content-Length: 4", "Content-Length: -4");
         assert_eq!(rejected(&negative).0, 400);
+        let huge = INVITE.replace("Content-Length: 4", "Content-Length: 70000");
+        assert_eq!(rejected(&huge).0, 513);
         let shorter = INVITE.replace("Content-Length: 4", "Content-Length: 2");
         assert_eq!(req(&shorter).body, b"v=");
         let absent = INVITE.replace("Content-Length: 4\r\n", "");

@@ -176,7 +176,8 @@ async fn read_connection(
                 Ok(None) => break,
                 Err(e) => {
                     debug!(%addr, reason = %e.reason, "closing unframeable TCP stream");
-                    let end = buf.len().min(MAX_MESSAGE_SIZE);
+                    // One octet over the limit lets the parser answer 513 rather than 400.
+                    let end = buf.len().min(MAX_MESSAGE_SIZE + 1);
                     let bytes = buf[..end].to_vec();
                     let _ = inbound
                         .send(TcpInbound::Message {

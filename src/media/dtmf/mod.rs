@@ -8,6 +8,7 @@ use std::time::Instant;
 pub mod goertzel;
 pub mod info;
 pub mod rfc4733;
+pub mod stream;
 
 /// A DTMF key (RFC 4733 §3.2 events 0–15).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::media::dtmf::stream::DtmfMode;
+
 /// Flags of `pinbridge serve`.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ServeArgs {
@@ -48,6 +50,10 @@ pub struct ServeArgs {
     /// Seconds to wait for BYE answers on shutdown [default: 5].
     #[arg(long, env = "PINBRIDGE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
+    /// How callers' key presses are taken: auto (RFC 4733 when negotiated, else in-band; SIP
+    /// INFO always), rfc4733, info or inband [default: auto].
+    #[arg(long, env = "PINBRIDGE_DTMF_MODE", value_name = "MODE")]
+    pub dtmf_mode: Option<DtmfMode>,
 }
 
 /// An inclusive port range written `LOW-HIGH`.
@@ -92,6 +98,7 @@ pub struct Config {
     pub rtp_timeout: Duration,
     pub media_workers: usize,
     pub shutdown_grace: Duration,
+    pub dtmf_mode: DtmfMode,
 }
 
 /// A setting that cannot work, with what to do about it.
@@ -121,6 +128,7 @@ struct FileConfig {
     rtp_timeout: Option<u64>,
     media_workers: Option<usize>,
     shutdown_grace: Option<u64>,
+    dtmf_mode: Option<DtmfMode>,
 }
 
 impl Config {
@@ -227,6 +235,7 @@ impl Config {
             rtp_timeout: Duration::from_secs(rtp_timeout),
             media_workers,
             shutdown_grace: Duration::from_secs(shutdown_grace),
+            dtmf_mode: args.dtmf_mode.or(file.dtmf_mode).unwrap_or_default(),
         })
     }
 }
@@ -291,7 +300,7 @@ mod tests {
         let file = dir.join("c.toml");
         std::fs::write(
             &file,
-            "sip_listen = \"127.0.0.1:5080\"\nrtp_ports = \"30000-30100\"\nrtp_timeout = 7\n",
+            "sip_listen = \"127.0.0.1:5080\"\nrtp_ports = \"30000-30100\"\nrtp_timeout = 7\ndtmf_mode = \"inband\"\n",
         )
         .unwrap();
         let mut a = args();
@@ -299,6 +308,7 @@ mod tests {
         let c = Config::load(&a).unwrap();
         assert_eq!(c.sip_listen, "127.0.0.1:5080".parse().unwrap());
         assert_eq!(c.rtp_ports, 30000..=30100);
+        assert_eq!(c.dtmf_mode, DtmfMode::Inband);
         assert_eq!(c.advertise_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
         a.rtp_timeout = Some(9);
         assert_eq!(

@@ -17,6 +17,7 @@ use tracing::{Span, debug, info, info_span, warn};
 
 use crate::audio::{Assets, Sound};
 use crate::config::Config;
+use crate::media::dtmf::stream::{DigitStream, DtmfMode};
 use crate::media::engine::{Engine, EngineConfig, MediaEvent, MediaParams, SessionId};
 use crate::media::player::PlayMode;
 use crate::sip::endpoint::{Endpoint, EndpointConfig, Event, LegId};
@@ -45,6 +46,19 @@ pub enum ServerError {
 struct CallCtx {
     span: Span,
     signalling_ip: IpAddr,
+    /// The call's one stream of key presses, merged from RFC 4733, INFO and in-band.
+    digits: DigitStream,
+}
+
+impl CallCtx {
+    /// Hands merged digits on. Until the IVR exists they are only logged (at debug); the
+    /// IVR will take them from here.
+    fn drain_digits(&mut self) {
+        while let Some(d) = self.digits.poll_digit() {
+            self.span
+                .in_scope(|| debug!(key = %d.key, method = ?d.method, "dtmf digit"));
+        }
+    }
 }
 
 /// Binds, then reports the bound SIP address through `ready`, then serves until `shutdown`
@@ -86,6 +100,7 @@ pub async fn run(
 
     let mut app = App {
         engine,
+        dtmf_mode: cfg.dtmf_mode,
         assets,
         calls: HashMap::new(),
         tcp: TcpConnections::default(),
@@ -147,6 +162,7 @@ pub async fn run(
 /// The application side of the endpoint: media and call bookkeeping.
 struct App {
     engine: Engine,
+    dtmf_mode: DtmfMode,
     assets: Arc<Assets>,
     calls: HashMap<LegId, CallCtx>,
     tcp: TcpConnections,
@@ -196,11 +212,13 @@ impl App {
                 });
                 match self.engine.open(SessionId(leg.0)) {
                     Ok(port) => {
+                        let digits = DigitStream::new(self.dtmf_mode, None);
                         self.calls.insert(
                             leg,
                             CallCtx {
                                 span,
                                 signalling_ip,
+                                digits,
                             },
                         );
                         endpoint.accept(now, leg, port);
@@ -212,9 +230,10 @@ impl App {
                 }
             }
             Event::Media { leg, negotiated } => {
-                let Some(ctx) = self.calls.get(&leg) else {
+                let Some(ctx) = self.calls.get_mut(&leg) else {
                     return;
                 };
+                ctx.digits.set_telephone_event(negotiated.telephone_event);
                 ctx.span.in_scope(|| info!(codec = ?negotiated.codec, remote = ?negotiated.remote, direction = ?negotiated.direction, dtmf_pt = ?negotiated.telephone_event, "media negotiated"));
                 let params = MediaParams {
                     remote: negotiated.remote,
@@ -240,16 +259,11 @@ impl App {
                         .in_scope(|| warn!(error = %e, "cannot play greeting"));
                 }
             }
-            Event::Info {
-                leg,
-                content_type,
-                body,
-            } => {
-                let Some(ctx) = self.calls.get(&leg) else {
-                    return;
-                };
-                ctx.span
-                    .in_scope(|| debug!(%content_type, len = body.len(), "INFO received"));
+            Event::InfoDigit { leg, key, at } => {
+                if let Some(ctx) = self.calls.get_mut(&leg) {
+                    ctx.digits.handle_info(at, key);
+                    ctx.drain_digits();
+                }
             }
             Event::Ended { leg, reason } => {
                 self.engine.close(SessionId(leg.0));
@@ -269,6 +283,15 @@ impl App {
                     span.in_scope(|| info!("no RTP received; hanging up"));
                 }
                 endpoint.hangup(std::time::Instant::now(), leg);
+            }
+            MediaEvent::Digit {
+                session: SessionId(id),
+                digit,
+            } => {
+                if let Some(ctx) = self.calls.get_mut(&LegId(id)) {
+                    ctx.digits.handle(digit);
+                    ctx.drain_digits();
+                }
             }
             MediaEvent::PlaybackFinished {
                 session: SessionId(id),

@@ -36,6 +36,8 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::dtmf::Digit;
+use super::dtmf::rfc4733::EventReceiver;
 use super::player::{Clip, PlayMode, Playback};
 use super::rtp::{
     FRAME_TIMESTAMP_STEP, Latch, MAX_PACKET_LEN, PortPool, PortPoolError, RtpPacket, RtpSender,
@@ -87,6 +89,8 @@ pub enum CallEvent {
     /// A [`PlayMode::Once`] playback sent its last frame. Not sent for a playback replaced by
     /// `play` or ended by `stop_playback`.
     PlaybackFinished { clip: String },
+    /// A key press heard in the media (RFC 4733 event or in-band tone).
+    Digit(Digit),
 }
 
 /// What [`CallMedia::handle_datagram`] made of a datagram (the engine counts these).
@@ -145,6 +149,8 @@ pub struct CallMedia {
     rx_deadline: Option<Instant>,
     events: VecDeque<CallEvent>,
     stats: CallStats,
+    /// RFC 4733 events on the negotiated telephone-event payload type.
+    telephone_events: EventReceiver,
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +172,7 @@ impl CallMedia {
             rx_deadline: None,
             events: VecDeque::with_capacity(2),
             stats: CallStats::default(),
+            telephone_events: EventReceiver::new(),
         }
     }
 
@@ -231,8 +238,7 @@ impl CallMedia {
             return Inbound::NotExpected;
         }
         self.rx_deadline = Some(now + self.rtp_timeout);
-        let header = packet.header;
-        self.on_rtp(now, header.payload_type, header.timestamp, packet.payload);
+        self.on_rtp(now, &packet);
         Inbound::Accepted
     }
 
@@ -320,19 +326,24 @@ impl CallMedia {
     /// RFC 4733 receiver here (it keys events by `timestamp`); audio payloads feed the
     /// in-band (Goertzel) detector.
     /// HOOK(mixer): audio payloads become this participant's input frame here.
-    fn on_rtp(&mut self, now: Instant, payload_type: PayloadType, timestamp: u32, payload: &[u8]) {
+    fn on_rtp(&mut self, now: Instant, packet: &RtpPacket<'_>) {
         let Some(negotiated) = &self.negotiated else {
             return;
         };
+        let payload_type = packet.header.payload_type;
         if payload_type == negotiated.params.payload_type {
             self.stats.audio_received += 1;
         } else if Some(payload_type) == negotiated.params.telephone_event {
             self.stats.telephone_events_received += 1;
+            if self.telephone_events.handle_rtp(now, packet).is_err() {
+                self.stats.malformed += 1;
+            }
+            while let Some(digit) = self.telephone_events.poll_digit() {
+                self.events.push_back(CallEvent::Digit(digit));
+            }
         } else {
             self.stats.other_received += 1;
         }
-        // Consumed by the detectors and the mixer once they plug in above.
-        let _ = (now, timestamp, payload);
     }
 
     /// If `now` is more than `MAX_CATCH_UP_FRAMES` frames past the next due frame, lets
@@ -406,6 +417,8 @@ pub enum MediaEvent {
     RtpTimeout(SessionId),
     /// A [`PlayMode::Once`] clip finished playing.
     PlaybackFinished { session: SessionId, clip: String },
+    /// A key press heard in the call's media.
+    Digit { session: SessionId, digit: Digit },
 }
 
 /// Engine-wide counters.
@@ -865,6 +878,7 @@ impl Worker {
                     CallEvent::PlaybackFinished { clip } => {
                         MediaEvent::PlaybackFinished { session: id, clip }
                     }
+                    CallEvent::Digit(digit) => MediaEvent::Digit { session: id, digit },
                 };
                 // A dropped receiver means nobody is listening any more; nothing to do.
                 let _ = self.events.send(event);

@@ -25,6 +25,7 @@ use super::transaction::{
 };
 use super::transport::{Peer, Transport};
 use crate::media::Direction;
+use crate::media::dtmf::{self, Key};
 
 /// Methods we implement, for `Allow` (RFC 3261 §20.5).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
@@ -85,12 +86,8 @@ pub enum Event {
     Media { leg: LegId, negotiated: Negotiated },
     /// The caller acknowledged our 2xx: the call is up.
     Confirmed { leg: LegId },
-    /// An INFO inside the dialog (DTMF relay); already answered.
-    Info {
-        leg: LegId,
-        content_type: String,
-        body: Vec<u8>,
-    },
+    /// A DTMF key sent by SIP INFO inside the dialog; already answered 200.
+    InfoDigit { leg: LegId, key: Key, at: Instant },
     /// The leg is gone; release its media.
     Ended { leg: LegId, reason: EndReason },
 }
@@ -526,25 +523,29 @@ impl Endpoint {
             }
             Method::Invite => self.reinvite(now, leg_id, req, peer),
             Method::Update => self.update(now, leg_id, req, peer),
-            Method::Info => {
-                let content_type = req.content_type().unwrap_or_default();
-                let known = matches!(
-                    content_type.as_str(),
-                    "application/dtmf-relay" | "application/dtmf"
-                );
-                if !known {
-                    return self.reply(now, &req, peer, Reply::UnsupportedMedia);
-                }
-                self.reply(now, &req, peer, Reply::plain(200, "OK"));
-                self.events.push_back(Event::Info {
-                    leg: leg_id,
-                    content_type,
-                    body: req.body,
-                });
-            }
+            Method::Info => self.info(now, leg_id, req, peer),
             Method::Options => self.reply(now, &req, peer, Reply::Options),
             Method::Other(_) => self.reply(now, &req, peer, Reply::plain(501, "Not Implemented")),
             _ => self.reply(now, &req, peer, Reply::MethodNotAllowed),
+        }
+    }
+
+    /// INFO inside a dialog: a DTMF key (RFC 6086 usage as phones send it), or an error
+    /// status naming what is wrong with the body.
+    fn info(&mut self, now: Instant, leg: LegId, req: Request, peer: Peer) {
+        // An INFO with no body at all is a keep-alive some UAs send: just answer it.
+        if req.body.is_empty() && req.headers.get("Content-Type").is_none() {
+            return self.reply(now, &req, peer, Reply::plain(200, "OK"));
+        }
+        let content_type = req.content_type().unwrap_or_default();
+        match dtmf::info::parse(&content_type, &req.body) {
+            Ok(key) => {
+                self.reply(now, &req, peer, Reply::plain(200, "OK"));
+                self.events
+                    .push_back(Event::InfoDigit { leg, key, at: now });
+            }
+            Err(e) if e.sip_status() == 415 => self.reply(now, &req, peer, Reply::UnsupportedMedia),
+            Err(e) => self.reply(now, &req, peer, Reply::Status(e.sip_status(), e.reason())),
         }
     }
 
@@ -982,7 +983,7 @@ impl Endpoint {
                     .with_body("application/sdp", body.into_bytes())
             }
             Reply::Warning(_, w) => resp = resp.with_header("Warning", w),
-            Reply::Plain(..) => {}
+            Reply::Plain(..) | Reply::Status(..) => {}
         }
         let key = TxKey::server(req, false);
         if req.method == Method::Invite {
@@ -1048,6 +1049,8 @@ fn drain_server(
 /// Canned answers of the endpoint.
 enum Reply {
     Plain(u16, &'static str),
+    /// A status whose reason phrase names the problem.
+    Status(u16, String),
     Options,
     MethodNotAllowed,
     UnsupportedMedia,
@@ -1063,7 +1066,7 @@ impl Reply {
 
     fn status(&self) -> u16 {
         match self {
-            Reply::Plain(s, _) | Reply::Warning(s, _) => *s,
+            Reply::Plain(s, _) | Reply::Status(s, _) | Reply::Warning(s, _) => *s,
             Reply::Options | Reply::Sdp(_) => 200,
             Reply::MethodNotAllowed => 405,
             Reply::UnsupportedMedia => 415,
@@ -1074,6 +1077,7 @@ impl Reply {
     fn reason(&self) -> &str {
         match self {
             Reply::Plain(_, r) => r,
+            Reply::Status(_, r) => r,
             Reply::Options | Reply::Sdp(_) => "OK",
             Reply::MethodNotAllowed => "Method Not Allowed",
             Reply::UnsupportedMedia => "Unsupported Media Type",
@@ -1641,6 +1645,48 @@ mod tests {
         h.send_from(&request("OPTIONS", "v3", 1, None, ""), tcp.clone());
         let (_, peer) = h.responses().remove(0);
         assert_eq!(peer, tcp);
+    }
+
+    #[test]
+    fn info_carries_dtmf_or_a_precise_error() {
+        let mut h = Harness::new();
+        let (leg, ok) = h.answered_call("i1");
+        let tag = ok.to_tag().unwrap().to_string();
+        h.send(&request("ACK", "i1", 1, Some(&tag), "").replace("i1-1-ACK", "i1-ack"));
+        h.events();
+        let info = |cseq: u32, ctype: &str, body: &str| {
+            request("INFO", "i1", cseq, Some(&tag), body).replace("application/sdp", ctype)
+        };
+        h.send(&info(
+            2,
+            "application/dtmf-relay",
+            "Signal=5\r\nDuration=160\r\n",
+        ));
+        assert_eq!(h.statuses(), vec![200]);
+        assert!(
+            matches!(h.events().as_slice(), [Event::InfoDigit { leg: l, key: Key::D5, .. }] if *l == leg)
+        );
+        h.send(&info(3, "application/dtmf", "#"));
+        assert_eq!(h.statuses(), vec![200]);
+        assert!(matches!(
+            h.events().as_slice(),
+            [Event::InfoDigit {
+                key: Key::Pound,
+                ..
+            }]
+        ));
+        h.send(&info(4, "application/dtmf-relay", "Duration=160\r\n"));
+        let (r, _) = h.responses().remove(0);
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (400, "dtmf-relay body without Signal")
+        );
+        h.send(&info(5, "text/plain", "5"));
+        let (r, _) = h.responses().remove(0);
+        assert_eq!((r.status, r.headers.get("Accept")), (415, Some(ACCEPT)));
+        h.send(&request("INFO", "i1", 6, Some(&tag), ""));
+        assert_eq!(h.statuses(), vec![200]);
+        assert!(h.events().is_empty(), "no digit from errors or keep-alives");
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! `media::rtp`), driven by the thin tokio layer in `server` and `media::engine`.
 
 pub mod audio;
+pub mod bridge;
 pub mod config;
+pub mod ivr;
 pub mod media;
+pub mod pin;
 pub mod server;
 pub mod sip;
+pub mod store;

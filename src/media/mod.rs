@@ -6,6 +6,7 @@ use std::time::Duration;
 pub mod dtmf;
 pub mod engine;
 pub mod g711;
+pub mod mixer;
 pub mod player;
 pub mod rtp;
 

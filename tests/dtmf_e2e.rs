@@ -24,6 +24,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::g711;
 use common::rtp::{MediaPlan, Pacer, PacketRole, PlannedPacket};
 use common::sip::Transport;
 use common::sipp::{self, SippRun};
@@ -42,6 +43,8 @@ const GAP_FRAMES: u32 = 3;
 const FENCE: char = '5';
 /// How long the digits may take to show up in the log once their packets are sent.
 const DIGIT_WAIT: Duration = Duration::from_secs(5);
+/// Silence sent after in-band tones before counting digits.
+const SETTLE_FRAMES: u32 = 15;
 
 /// One `dtmf digit` line of the server's log.
 #[derive(Clone, Debug, PartialEq)]
@@ -335,6 +338,145 @@ fn info_bodies_without_a_key_are_refused_and_give_no_digit() {
     expect_status(&up, &resp, 200, "a good INFO after the refused ones");
     hang_up(&mut up.client, &mut up.d.call);
     assert_digits(&server, &up.d.call.call_id, "7", "Info");
+}
+
+// ---------------------------------------------------------------------------------------
+// In-band
+
+/// The keypad's low group (rows) and high group (columns), Hz (ITU-T Q.23).
+const ROWS: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
+const COLUMNS: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+
+/// The frequency pair of a key: its row and its column.
+fn dtmf_pair(key: char) -> (f64, f64) {
+    const PAD: [&str; 4] = ["123A", "456B", "789C", "*0#D"];
+    PAD.iter()
+        .enumerate()
+        .find_map(|(r, row)| row.find(key).map(|c| (ROWS[r], COLUMNS[c])))
+        .unwrap_or_else(|| panic!("{key:?} is not a DTMF key"))
+}
+
+/// Peak of a 0 dBm0 sine in 16-bit linear units: μ-law's full-scale sine (peak 8159 in its
+/// 14-bit range, ×4 here) is +3.17 dBm0 (ITU-T G.711).
+const DBM0_PEAK: f64 = 8159.0 * 4.0 / 1.440_5;
+
+/// 8 kHz linear audio of `keys` as DTMF: each key `tone_ms` of its two sines, each at
+/// `dbm0`, then `pause_ms` of silence.
+fn dtmf_tones(keys: &str, tone_ms: u32, pause_ms: u32, dbm0: f64) -> Vec<i16> {
+    let amplitude = DBM0_PEAK * 10f64.powf(dbm0 / 20.0);
+    let mut out = Vec::new();
+    for key in keys.chars() {
+        let (low, high) = dtmf_pair(key);
+        for n in 0..tone_ms * 8 {
+            let t = f64::from(n) / 8000.0;
+            let s = amplitude
+                * ((2.0 * std::f64::consts::PI * low * t).sin()
+                    + (2.0 * std::f64::consts::PI * high * t).sin());
+            out.push(s.round() as i16);
+        }
+        out.extend(std::iter::repeat_n(0, (pause_ms * 8) as usize));
+    }
+    out
+}
+
+/// Amplitude of the `hz` component of 8 kHz `x`, by correlation with a sine and a cosine.
+fn amplitude_at(x: &[f64], hz: f64) -> f64 {
+    let (mut sin, mut cos) = (0.0, 0.0);
+    for (n, v) in x.iter().enumerate() {
+        let w = 2.0 * std::f64::consts::PI * hz * n as f64 / 8000.0;
+        sin += v * w.sin();
+        cos += v * w.cos();
+    }
+    2.0 * (sin * sin + cos * cos).sqrt() / x.len() as f64
+}
+
+/// The generator itself, so that a failing in-band test is about the server: through μ-law,
+/// each key's tone holds its row and column at −10 dBm0 (±0.5 dB) and none of the other six
+/// DTMF frequencies above −26 dBm0 (window leakage), and its pause is digital silence.
+#[test]
+fn generated_tones_are_the_key_pairs_at_minus_10_dbm0() {
+    for key in ALL_KEYS.chars() {
+        let samples = dtmf_tones(&key.to_string(), 70, 70, -10.0);
+        assert_eq!(samples.len(), 1120);
+        assert!(samples[560..].iter().all(|&s| s == 0), "{key}: pause");
+        let tone: Vec<f64> = samples[..560]
+            .iter()
+            .map(|&s| f64::from(g711::decode_ulaw(g711::encode_ulaw(s))))
+            .collect();
+        let (low, high) = dtmf_pair(key);
+        for hz in ROWS.into_iter().chain(COLUMNS) {
+            let dbm0 = 20.0 * (amplitude_at(&tone, hz) / DBM0_PEAK).log10();
+            if hz == low || hz == high {
+                assert!(
+                    (dbm0 + 10.0).abs() < 0.5,
+                    "{key}: {hz} Hz at {dbm0:.2} dBm0"
+                );
+            } else {
+                assert!(dbm0 < -26.0, "{key}: {hz} Hz at {dbm0:.2} dBm0");
+            }
+        }
+    }
+}
+
+/// The keys the in-band tests play: 70 ms tones, 70 ms pauses, −10 dBm0 per tone.
+const TONE_KEYS: &str = "2580*#";
+
+/// Plans 200 ms of silence, the tones of [`TONE_KEYS`] in the audio, and
+/// [`SETTLE_FRAMES`] of silence.
+fn tone_packets(plan: &mut MediaPlan) -> Vec<PlannedPacket> {
+    plan.silence(10)
+        .audio(&dtmf_tones(TONE_KEYS, 70, 70, -10.0))
+        .silence(SETTLE_FRAMES);
+    plan.take_packets()
+}
+
+/// Sends the tones in `plan`'s PCMU stream, waits for the digits, sends more silence, hangs
+/// up; asserts the tones' keys were each reported once, by Inband.
+fn assert_tones_heard(server: &Server, mut up: Up, plan: &mut MediaPlan) {
+    up.rtp.send_plan(up.d.media, &tone_packets(plan));
+    wait_digits(server, &up.d.call.call_id, TONE_KEYS.len());
+    plan.silence(SETTLE_FRAMES);
+    up.rtp.send_plan(up.d.media, &plan.take_packets());
+    hang_up(&mut up.client, &mut up.d.call);
+    assert_digits(server, &up.d.call.call_id, TONE_KEYS, "Inband");
+}
+
+/// No telephone-event offered, `auto` mode: the tones in the PCMU audio are the digits.
+#[test]
+fn inband_tones_without_telephone_event_are_digits() {
+    let server = Server::start();
+    let up = call_up(&server, |a| SdpOffer::new(a).pcmu(), None);
+    assert_tones_heard(&server, up, &mut MediaPlan::new(0));
+}
+
+/// telephone-event negotiated, `auto` mode: in-band detection is off, so the same tones
+/// give no digit. An RFC 4733 press after them is the fence, and the only digit.
+#[test]
+fn inband_tones_are_not_digits_in_auto_when_telephone_event_is_negotiated() {
+    let server = Server::start();
+    let mut up = call_up(&server, SdpOffer::g711, Some(101));
+    let mut plan = MediaPlan::new(0);
+    let mut packets = tone_packets(&mut plan);
+    plan.key_press(101, 'D', PRESS_FRAMES).silence(GAP_FRAMES);
+    packets.extend(plan.take_packets());
+    up.rtp.send_plan(up.d.media, &packets);
+    wait_digits(&server, &up.d.call.call_id, 1);
+    hang_up(&mut up.client, &mut up.d.call);
+    assert_digits(&server, &up.d.call.call_id, "D", "Rfc4733");
+}
+
+/// `--dtmf-mode inband` with telephone-event negotiated: the tones are digits, and an
+/// RFC 4733 press sent before them is not.
+#[test]
+fn inband_mode_hears_tones_even_with_telephone_event_negotiated() {
+    let server = Server::builder().arg("--dtmf-mode").arg("inband").start();
+    let up = call_up(&server, SdpOffer::g711, Some(101));
+    let mut plan = MediaPlan::new(0);
+    plan.silence(GAP_FRAMES)
+        .key_press(101, 'A', PRESS_FRAMES)
+        .silence(GAP_FRAMES);
+    up.rtp.send_plan(up.d.media, &plan.take_packets());
+    assert_tones_heard(&server, up, &mut plan);
 }
 
 // ---------------------------------------------------------------------------------------

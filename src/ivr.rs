@@ -2057,4 +2057,99 @@ mod tests {
             assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
         }
     }
+
+    // ---- Any order of inputs ----
+
+    /// One input a server might deliver, in any order, at any time.
+    #[derive(Debug, Clone)]
+    enum Input {
+        Key(u8),
+        Finished(usize),
+        FinishPlaying,
+        Lookup(Option<(bool, bool, bool)>),
+        PinResult(u8),
+        Lobby,
+        MeetingStarted,
+        MeetingFull,
+        MeetingEnded,
+        Wait(u64),
+        Fire,
+    }
+
+    fn input() -> impl proptest::strategy::Strategy<Value = Input> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0u8..16).prop_map(Input::Key),
+            1 => (0..Sound::ALL.len()).prop_map(Input::Finished),
+            4 => Just(Input::FinishPlaying),
+            2 => proptest::option::of((any::<bool>(), any::<bool>(), any::<bool>()))
+                .prop_map(Input::Lookup),
+            1 => (0u8..3).prop_map(Input::PinResult),
+            1 => Just(Input::Lobby),
+            1 => Just(Input::MeetingStarted),
+            1 => Just(Input::MeetingFull),
+            1 => Just(Input::MeetingEnded),
+            2 => (0u64..70_000).prop_map(Input::Wait),
+            3 => Just(Input::Fire),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives in whatever order: no panic, a PIN leaves only well formed,
+        /// Hangup comes at most once and last, and a timer is never armed after it.
+        #[test]
+        fn any_input_sequence_is_handled(
+            dial in proptest::bool::ANY,
+            inputs in proptest::collection::vec(input(), 0..120),
+        ) {
+            let mut h = Harness::new(if dial { dialed() } else { not_dialed() });
+            for input in inputs {
+                let now = h.now;
+                match input {
+                    Input::Key(code) => h.flow.handle_key(now, Key::from_event_code(code).unwrap()),
+                    Input::Finished(i) => h.flow.handle_playback_finished(now, Sound::ALL[i]),
+                    Input::FinishPlaying => {
+                        if let Some(sound) = h.playing.take() {
+                            h.flow.handle_playback_finished(now, sound);
+                        }
+                    }
+                    Input::Lookup(f) => h.flow.handle_lookup(
+                        now,
+                        f.map(|(requires_pin, started, pin_locked)| {
+                            facts(requires_pin, started, pin_locked)
+                        }),
+                    ),
+                    Input::PinResult(r) => h.flow.handle_pin_result(
+                        now,
+                        [PinResult::Verified, PinResult::Wrong, PinResult::LockedOut][r as usize],
+                    ),
+                    Input::Lobby => h.flow.handle_lobby(now),
+                    Input::MeetingStarted => h.flow.handle_meeting_started(now),
+                    Input::MeetingFull => h.flow.handle_meeting_full(now),
+                    Input::MeetingEnded => h.flow.handle_meeting_ended(now),
+                    Input::Wait(ms) => h.advance(Duration::from_millis(ms)),
+                    Input::Fire => {
+                        if h.flow.poll_timeout().is_some() {
+                            h.fire();
+                        }
+                    }
+                }
+                h.pump();
+            }
+            let out = h.take();
+            let hangups = out.iter().filter(|a| matches!(a, Action::Hangup(_))).count();
+            proptest::prop_assert!(hangups <= 1);
+            if hangups == 1 {
+                proptest::prop_assert!(matches!(out.last(), Some(Action::Hangup(_))));
+                proptest::prop_assert!(h.flow.ended().is_some());
+                proptest::prop_assert_eq!(h.flow.poll_timeout(), None);
+            }
+            for action in &out {
+                if let Action::VerifyPin { pin, .. } = action {
+                    proptest::prop_assert!((4..=12).contains(&pin.len()));
+                    proptest::prop_assert!(pin.expose().bytes().all(|b| b.is_ascii_digit()));
+                }
+            }
+        }
+    }
 }

@@ -45,7 +45,7 @@
 //! # What that gives, against ITU-T Q.24
 //! The `Q24_*` constants are the requirements of issue 3 (Q.24 Table A-1 style); the tests
 //! at the bottom check each over hundreds to thousands of seeded signals from
-//! [`testsignal`]:
+//! [`testsignal`], and `talkoff` checks that speech and music give no digit:
 //! - frequency: every key within ±[`Q24_OPERATE_DEVIATION`] at every level is detected
 //!   (`every_key_at_every_level_within_operate_deviation`), ±[`Q24_REJECT_DEVIATION`],
 //!   ±4.5 % and ±6 % never (`deviation_of_3_5_percent_and_beyond_is_rejected`);
@@ -76,6 +76,8 @@ use std::time::Duration;
 use super::Key;
 use crate::media::SAMPLE_RATE;
 
+#[cfg(test)]
+mod talkoff;
 #[cfg(test)]
 pub(crate) mod testsignal;
 

@@ -754,6 +754,9 @@ impl Run {
 
     /// A window that is no candidate: bridged, or the end of the run.
     fn miss(&mut self) {
+        if self.len == 0 {
+            return;
+        }
         self.misses += 1;
         if self.misses >= END_MISSES {
             *self = Run::default();

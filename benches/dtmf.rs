@@ -55,6 +55,19 @@ impl Frames {
     fn silence() -> Frames {
         Frames::from_fn(|_| 0.0)
     }
+
+    /// A committed prompt, decoded as the server decodes it: speech with its pauses.
+    fn prompt(stem: &str) -> Frames {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("audio")
+            .join(format!("{stem}.flac"));
+        let pcm = pinbridge::audio::decode_to_pcm8k(&path).expect("committed prompt decodes");
+        Frames(
+            pcm.chunks_exact(FRAME_SAMPLES)
+                .map(|c| c.try_into().expect("exact chunk"))
+                .collect(),
+        )
+    }
 }
 
 fn inband(c: &mut Criterion) {
@@ -67,6 +80,8 @@ fn inband(c: &mut Criterion) {
         ("noise_-20dBm0", Frames::noise(-20.0)),
         // A key held down: bank, candidate checks and the active tone's bookkeeping.
         ("tone", Frames::tone()),
+        // Speech, averaged over a whole prompt (pauses included).
+        ("speech_prompt_help", Frames::prompt("help")),
     ] {
         let mut det = InbandDetector::new();
         let mut i = 0;

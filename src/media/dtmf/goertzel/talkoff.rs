@@ -287,7 +287,7 @@ fn sox_music_gives_no_digits() {
         );
     }
 
-    // Arpeggios: 16 plucked or triangle notes at 8 per second, tails overlapping.
+    // Arpeggios: 16 plucked, triangle or sine notes at 8 per second, tails overlapping.
     for _ in 0..30 {
         let root = 52 + (rng.next_u64() % 24) as u32;
         let shape = CHORDS[(rng.next_u64() % CHORDS.len() as u64) as usize];

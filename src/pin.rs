@@ -400,6 +400,17 @@ impl Pepper {
         verify_bytes(Self::FINGERPRINT_LABEL, fingerprint, self)
     }
 
+    /// Whether `other` is the same secret (compared without an early exit).
+    pub fn same_as(&self, other: &Pepper) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
     const FINGERPRINT_LABEL: &'static [u8] = b"pinbridge pepper fingerprint v1";
 }
 

@@ -361,6 +361,24 @@ impl FailureOutcome {
     }
 }
 
+/// The store's verdict on an organizer PIN keyed in for a conference
+/// ([`Store::check_organizer_pin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinCheck {
+    /// The organizer's PIN: their meeting may start.
+    Verified(User),
+    /// Not the PIN; the failure was counted (and may have locked the conference: see
+    /// [`FailureOutcome::locked_until`]).
+    Wrong(FailureOutcome),
+    /// PIN entry for the conference is locked until then; the PIN was not checked or counted.
+    Locked { until: SystemTime },
+    /// No organizer has this conference ID; nothing was counted.
+    UnknownConference,
+    /// The organizer is disabled for audio conferencing: their PIN starts nothing. Not
+    /// checked, not counted.
+    Disabled,
+}
+
 /// A conference whose organizer PIN entry is locked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lockout {
@@ -933,6 +951,40 @@ impl Store {
         })?;
         self.persist()?;
         Ok(outcome)
+    }
+
+    /// Checks an organizer PIN keyed in for `conference` from `source` at `now`, in the order
+    /// the rules need: a locked conference is refused without looking at the PIN; an
+    /// unknown conference or a disabled organizer is refused; otherwise the PIN is verified
+    /// (argon2id, constant-time compare) and a wrong one is recorded with
+    /// [`Store::record_pin_failure`]. Blocking (argon2, and an fsync on failure): run it with
+    /// `spawn_blocking`.
+    pub fn check_organizer_pin(
+        &self,
+        conference: &ConferenceId,
+        pin: &Pin,
+        pepper: &Pepper,
+        source: IpAddr,
+        now: SystemTime,
+    ) -> Result<PinCheck, StoreError> {
+        if let Some(until) = self.pin_lockout(conference, now)? {
+            return Ok(PinCheck::Locked { until });
+        }
+        let Some(user) = self.user_by_conference(conference)? else {
+            return Ok(PinCheck::UnknownConference);
+        };
+        if !user.enabled {
+            return Ok(PinCheck::Disabled);
+        }
+        let verified = user
+            .pin_hash
+            .as_deref()
+            .is_some_and(|phc| pin::verify(pin, phc, pepper));
+        if verified {
+            return Ok(PinCheck::Verified(user));
+        }
+        let outcome = self.record_pin_failure(conference, source, now)?;
+        Ok(PinCheck::Wrong(outcome))
     }
 
     /// Until when organizer PIN entry for `conference` is locked, if it is locked at `now`.
@@ -2140,5 +2192,74 @@ mod tests {
         assert_eq!(format_utc(leap), "2000-02-29T00:00:00Z");
         let end = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
         assert_eq!(format_utc(end), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn check_organizer_pin_follows_the_rules_in_order() {
+        let (_dir, store) = open();
+        let (user, pin) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        let c = &user.conference_id;
+        let check = |p: &Pin, at| {
+            store
+                .check_organizer_pin(c, p, &pepper(), ip(1), at)
+                .unwrap()
+        };
+        assert_eq!(check(&pin, t0()), PinCheck::Verified(user.clone()));
+        let wrong = Pin::new(if pin.expose() == "13579" {
+            "24680"
+        } else {
+            "13579"
+        });
+        for i in 1..=4 {
+            assert!(
+                matches!(check(&wrong, t0()), PinCheck::Wrong(FailureOutcome::Counted { failures, .. }) if failures == i)
+            );
+        }
+        // A verified PIN does not reset the window: the next failure still locks.
+        assert!(matches!(check(&pin, t0()), PinCheck::Verified(_)));
+        let locked = check(&wrong, t0());
+        assert!(
+            matches!(locked, PinCheck::Wrong(FailureOutcome::LockedOut { .. })),
+            "{locked:?}"
+        );
+        // While locked even the right PIN is not looked at.
+        let until = t0() + LockoutPolicy::DEFAULT_LOCKOUT;
+        assert_eq!(check(&pin, t0()), PinCheck::Locked { until });
+        assert!(matches!(check(&pin, until), PinCheck::Verified(_)));
+        let unknown = store
+            .check_organizer_pin(&conf("1000000"), &pin, &pepper(), ip(1), t0())
+            .unwrap();
+        assert_eq!(unknown, PinCheck::UnknownConference);
+        // A wrong pepper never verifies.
+        let other = store
+            .check_organizer_pin(c, &pin, &other_pepper(), ip(1), until)
+            .unwrap();
+        assert!(matches!(other, PinCheck::Wrong(_)));
+    }
+
+    #[test]
+    fn a_disabled_organizer_is_refused_without_counting() {
+        let (_dir, store) = open();
+        let (mut user, pin) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        user.enabled = false;
+        store
+            .users
+            .insert(user.id.0.as_bytes(), encode(&user))
+            .unwrap();
+        let check = store
+            .check_organizer_pin(&user.conference_id, &pin, &pepper(), ip(1), t0())
+            .unwrap();
+        assert_eq!(check, PinCheck::Disabled);
+        assert_eq!(store.source_failures(ip(1), t0()).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_store_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
     }
 }

@@ -5,8 +5,8 @@
 //! `<data_dir>/lock` (held with `flock` while a [`Store`] is open; holds the owner's pid),
 //! `<data_dir>/sled/` (the sled database), `<data_dir>/store.initialized` (tells a damaged
 //! store from a new one) and, next to them but never inside sled, `<data_dir>/pepper` (see
-//! [`crate::pin::Pepper`]). sled allows one process; a second
-//! [`Store::open`] gets [`StoreError::Locked`].
+//! [`crate::pin::Pepper`]). sled allows one process; a second [`Store::open`] gets
+//! [`StoreError::Locked`].
 //!
 //! Trees: `users` (user id → JSON [`User`]), `conference_ids` (conference id → user id),
 //! `settings` (`tenant` → JSON [`TenantSettings`]), `pin_failures_by_conference` and

@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -36,14 +37,63 @@ enum Command {
     /// Organizers, straight in the store: only while the server is not running (sled allows
     /// one process).
     Users(UsersArgs),
+    /// DTMF diagnostics.
+    #[command(subcommand)]
+    Dtmf(DtmfCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand, Debug)]
+enum DtmfCommand {
+    /// Find the DTMF digits in an audio file with the server's in-band detector.
+    ///
+    /// Reads any format the server can decode (WAV, FLAC, OGG/Vorbis, MP3…), at any rate and
+    /// channel count (it is resampled to 8 kHz mono), and prints each digit with its start
+    /// time in milliseconds.
+    Detect {
+        /// The audio file.
+        file: std::path::PathBuf,
+        /// Print a JSON array of {"digit", "start_ms", "duration_ms"} instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One clear line (with its causes) and a non-zero exit, never a backtrace.
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pinbridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Users(args) => users(args),
+        Command::Dtmf(DtmfCommand::Detect { file, json }) => dtmf_detect(&file, json),
     }
+}
+
+fn dtmf_detect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let digits = pinbridge::media::dtmf::file::detect_file(file)
+        .with_context(|| format!("cannot detect DTMF in {}", file.display()))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&digits)?)?;
+    } else {
+        for d in &digits {
+            writeln!(
+                out,
+                "{}\t{} ms\t({} ms long)",
+                d.key, d.start_ms, d.duration_ms
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

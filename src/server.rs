@@ -242,6 +242,7 @@ impl App {
                     payload_type: negotiated.payload_type,
                     telephone_event: negotiated.telephone_event,
                     direction: negotiated.direction,
+                    inband_dtmf: ctx.digits.wants_inband(),
                 };
                 if let Err(e) = self.engine.configure(SessionId(leg.0), params) {
                     ctx.span

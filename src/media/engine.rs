@@ -36,13 +36,14 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::dtmf::Digit;
+use super::dtmf::goertzel::{InbandDetector, InbandEvent, samples_to_duration};
 use super::dtmf::rfc4733::EventReceiver;
+use super::dtmf::{Digit, DtmfMethod};
 use super::player::{Clip, PlayMode, Playback};
 use super::rtp::{
     FRAME_TIMESTAMP_STEP, Latch, MAX_PACKET_LEN, PortPool, PortPoolError, RtpPacket, RtpSender,
 };
-use super::{Codec, Direction, FRAME_SAMPLES, Frame, PTIME, PayloadType};
+use super::{Codec, Direction, FRAME_SAMPLES, Frame, PTIME, PayloadType, g711};
 
 /// A late tick makes a call send the frames it owes, but at most this many at once (60 ms):
 /// an older backlog is skipped — its time passes on the RTP timestamp, and the next packet
@@ -79,6 +80,9 @@ pub struct MediaParams {
     /// The negotiated `telephone-event` payload type (RFC 4733), if any.
     pub telephone_event: Option<PayloadType>,
     pub direction: Direction,
+    /// Run the in-band (Goertzel) DTMF detector on the caller's audio. Off unless the call's
+    /// DTMF mode wants it, since it costs a G.711 decode per packet.
+    pub inband_dtmf: bool,
 }
 
 /// What a call's media tells signalling.
@@ -151,6 +155,8 @@ pub struct CallMedia {
     stats: CallStats,
     /// RFC 4733 events on the negotiated telephone-event payload type.
     telephone_events: EventReceiver,
+    /// The in-band detector, while the call's DTMF mode wants one.
+    inband: Option<Box<InbandDetector>>,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +179,7 @@ impl CallMedia {
             events: VecDeque::with_capacity(2),
             stats: CallStats::default(),
             telephone_events: EventReceiver::new(),
+            inband: None,
         }
     }
 
@@ -197,6 +204,11 @@ impl CallMedia {
         }
         self.rx_deadline = params.direction.receives().then(|| now + self.rtp_timeout);
         self.next_frame_at.get_or_insert(now);
+        match (params.inband_dtmf, self.inband.is_some()) {
+            (true, false) => self.inband = Some(Box::default()),
+            (false, true) => self.inband = None,
+            _ => {}
+        }
     }
 
     /// Plays `clip` from its start in place of whatever was playing, from the next frame.
@@ -333,6 +345,24 @@ impl CallMedia {
         let payload_type = packet.header.payload_type;
         if payload_type == negotiated.params.payload_type {
             self.stats.audio_received += 1;
+            if let Some(detector) = &mut self.inband {
+                let codec = negotiated.params.codec;
+                let mut pcm = [0i16; FRAME_SAMPLES];
+                for chunk in packet.payload.chunks(FRAME_SAMPLES) {
+                    g711::decode(codec, chunk, &mut pcm[..chunk.len()]);
+                    detector.handle_samples(&pcm[..chunk.len()]);
+                }
+                while let Some(event) = detector.poll_event() {
+                    if let InbandEvent::Pressed { key, start_sample } = event {
+                        // The tone began this many samples before the detector's clock.
+                        let ago = samples_to_duration(detector.position() - start_sample);
+                        let at = now.checked_sub(ago).unwrap_or(now);
+                        let method = DtmfMethod::Inband;
+                        self.events
+                            .push_back(CallEvent::Digit(Digit { key, at, method }));
+                    }
+                }
+            }
         } else if Some(payload_type) == negotiated.params.telephone_event {
             self.stats.telephone_events_received += 1;
             if self.telephone_events.handle_rtp(now, packet).is_err() {
@@ -925,6 +955,7 @@ mod tests {
             payload_type: Codec::Pcmu.payload_type(),
             telephone_event: Some(PayloadType(101)),
             direction: Direction::SendRecv,
+            inband_dtmf: false,
         }
     }
 
@@ -1398,6 +1429,72 @@ mod tests {
         );
     }
 
+    /// PCMU packets carrying `key` as a −10 dBm0 tone pair for `frames` × 20 ms, then silence.
+    fn tone_packets(key: crate::media::dtmf::Key, frames: u16) -> Vec<Vec<u8>> {
+        use crate::media::dtmf::goertzel::{COL_HZ, ROW_HZ, key_tones};
+        let (r, c) = key_tones(key);
+        let (f1, f2) = (ROW_HZ[r], COL_HZ[c]);
+        let amp = 22_748.0 * 10f32.powf(-13.0 / 20.0); // each tone −13 dBm0: pair ≈ −10 dBm0
+        (0..frames + 10)
+            .map(|seq| {
+                let mut pcm = [0i16; FRAME_SAMPLES];
+                if seq < frames {
+                    for (i, s) in pcm.iter_mut().enumerate() {
+                        let t = (usize::from(seq) * FRAME_SAMPLES + i) as f32 / 8000.0;
+                        let v = amp
+                            * ((std::f32::consts::TAU * f1 * t).sin()
+                                + (std::f32::consts::TAU * f2 * t).sin());
+                        *s = v as i16;
+                    }
+                }
+                let mut payload = [0u8; FRAME_SAMPLES];
+                g711::encode(Codec::Pcmu, &pcm, &mut payload);
+                let mut buf = [0u8; MAX_PACKET_LEN];
+                let header = RtpHeader {
+                    payload_type: PayloadType(0),
+                    marker: false,
+                    sequence: seq,
+                    timestamp: u32::from(seq) * 160,
+                    ssrc: Ssrc(77),
+                };
+                let len = header.write(&payload, &mut buf).unwrap();
+                buf[..len].to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inband_tones_become_digits_only_when_asked_for() {
+        use crate::media::dtmf::Key;
+        let t0 = Instant::now();
+        for inband_dtmf in [false, true] {
+            let mut call = call();
+            call.configure(
+                t0,
+                MediaParams {
+                    inband_dtmf,
+                    ..params()
+                },
+            );
+            for (i, packet) in tone_packets(Key::D5, 4).iter().enumerate() {
+                call.handle_datagram(t0 + 20 * MS * i as u32, REMOTE, packet);
+            }
+            let digits: Vec<(Key, DtmfMethod)> = events(&mut call)
+                .into_iter()
+                .filter_map(|e| match e {
+                    CallEvent::Digit(d) => Some((d.key, d.method)),
+                    _ => None,
+                })
+                .collect();
+            let expected = if inband_dtmf {
+                vec![(Key::D5, DtmfMethod::Inband)]
+            } else {
+                vec![]
+            };
+            assert_eq!(digits, expected, "inband_dtmf = {inband_dtmf}");
+        }
+    }
+
     #[test]
     fn packets_while_we_do_not_receive_are_dropped_but_still_latch() {
         let t0 = Instant::now();
@@ -1455,6 +1552,7 @@ mod tests {
                 payload_type: Codec::Pcmu.payload_type(),
                 telephone_event: None,
                 direction: Direction::SendRecv,
+                inband_dtmf: false,
             }
         }
 

@@ -245,6 +245,24 @@ impl RtpReceiver {
         RtpSender::start(socket, dest, payload_type, signal, max_duration)
     }
 
+    /// Sends one datagram from this socket (symmetric RTP: the server latches onto it).
+    pub fn send_to(&self, dest: SocketAddr, bytes: &[u8]) {
+        self.socket
+            .send_to(bytes, dest)
+            .unwrap_or_else(|e| panic!("RTP send from {} to {dest}: {e}", self.addr()));
+    }
+
+    /// Sends `packets` from this socket on their 20 ms slots (see [`Pacer`]), in the order
+    /// given; blocks until the last is sent (at most the last slot × 20 ms).
+    pub fn send_plan(&self, dest: SocketAddr, packets: &[PlannedPacket]) {
+        let pacer = Pacer::start();
+        let first = packets.first().map_or(0, |p| p.slot);
+        for p in packets {
+            pacer.wait_for(p.slot.saturating_sub(first));
+            self.send_to(dest, &p.bytes);
+        }
+    }
+
     /// Packets parsed so far over this receiver's life.
     pub fn received(&self) -> usize {
         self.received
@@ -362,6 +380,227 @@ impl RtpSender {
 impl Drop for RtpSender {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+/// RFC 4733 §3.2 event codes of the keypad: `0`–`9` are 0–9, `*` 10, `#` 11, `A`–`D` 12–15.
+pub fn event_code(key: char) -> u8 {
+    match key.to_ascii_uppercase() {
+        k @ '0'..='9' => k as u8 - b'0',
+        '*' => 10,
+        '#' => 11,
+        k @ 'A'..='D' => 12 + (k as u8 - b'A'),
+        other => panic!("{other:?} is not a DTMF key"),
+    }
+}
+
+/// One RFC 4733 event block (§2.3): event code, E bit, volume in −dBm0 (6 bits, R bit
+/// clear), duration in 8 kHz timestamp units.
+pub fn telephone_event(event: u8, end: bool, volume: u8, duration: u16) -> [u8; 4] {
+    let [d0, d1] = duration.to_be_bytes();
+    [event, (u8::from(end) << 7) | (volume & 0x3f), d0, d1]
+}
+
+/// What a planned packet is, so a test can drop, repeat or reorder packets by their role
+/// the way a network would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketRole {
+    /// A 20 ms audio frame.
+    Audio,
+    /// The first packet of key press `press` (0-based within the plan): marker set.
+    EventStart { press: usize },
+    /// Update `n` (1-based) of press `press`: same timestamp, longer duration.
+    EventUpdate { press: usize, n: u32 },
+    /// Copy `copy` (0, 1, 2) of the final packet of press `press`: E bit set.
+    EventEnd { press: usize, copy: u32 },
+}
+
+impl PacketRole {
+    /// The key press this packet belongs to, if it is a telephone-event packet.
+    pub fn press(self) -> Option<usize> {
+        match self {
+            PacketRole::Audio => None,
+            PacketRole::EventStart { press }
+            | PacketRole::EventUpdate { press, .. }
+            | PacketRole::EventEnd { press, .. } => Some(press),
+        }
+    }
+}
+
+/// One RTP packet of a [`MediaPlan`], due at `slot` × 20 ms after the plan starts.
+#[derive(Clone, Debug)]
+pub struct PlannedPacket {
+    pub slot: u32,
+    pub role: PacketRole,
+    pub bytes: Vec<u8>,
+}
+
+/// A caller's media stream planned ahead: 20 ms audio frames and RFC 4733 key presses on
+/// one SSRC, sharing sequence numbers and the 8 kHz timestamp clock, as a phone sends them
+/// (RFC 4733 §2.5.1):
+///
+/// - a key press is one event whose packets all carry the RTP timestamp of its start: a
+///   start packet with the marker bit, updates every 20 ms with a growing duration, and
+///   the final packet (E bit, full duration) three times, 20 ms apart (§2.5.1.4);
+/// - no audio is sent while a key is down; the audio timestamps go on counting meanwhile;
+/// - every packet has the next sequence number, retransmitted end packets included.
+///
+/// The plan is data: a test takes the packets ([`MediaPlan::take_packets`]), drops,
+/// repeats or reorders them, and sends them with [`RtpReceiver::send_plan`].
+#[derive(Clone, Debug)]
+pub struct MediaPlan {
+    audio_pt: u8,
+    encode: fn(i16) -> u8,
+    ssrc: u32,
+    sequence: u16,
+    /// RTP timestamp of the next 20 ms slot.
+    timestamp: u32,
+    slot: u32,
+    presses: usize,
+    /// The next audio packet starts a talkspurt (marker bit).
+    talkspurt: bool,
+    /// RFC 4733 §2.3.4 volume of the events, in −dBm0.
+    volume: u8,
+    packets: Vec<PlannedPacket>,
+}
+
+impl MediaPlan {
+    /// An empty plan for audio in PCMU (PT 0) or PCMA (PT 8), starting at sequence number 1
+    /// and timestamp 0.
+    pub fn new(audio_pt: u8) -> MediaPlan {
+        let encode: fn(i16) -> u8 = match audio_pt {
+            0 => g711::encode_ulaw,
+            8 => g711::encode_alaw,
+            other => panic!("MediaPlan speaks PCMU (0) or PCMA (8), not PT {other}"),
+        };
+        MediaPlan {
+            audio_pt,
+            encode,
+            ssrc: 0x7e57_0000 | (std::process::id() & 0xffff),
+            sequence: 1,
+            timestamp: 0,
+            slot: 0,
+            presses: 0,
+            talkspurt: true,
+            volume: 10,
+            packets: Vec::new(),
+        }
+    }
+
+    /// Starts the numbering elsewhere (e.g. just before the 16- and 32-bit wraps).
+    pub fn starting_at(&mut self, sequence: u16, timestamp: u32) -> &mut Self {
+        self.sequence = sequence;
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// `frames` frames of digital silence.
+    pub fn silence(&mut self, frames: u32) -> &mut Self {
+        self.audio(&vec![0; (frames * FRAME_SAMPLES) as usize])
+    }
+
+    /// `samples` (8 kHz linear) as 20 ms frames; a short last frame is padded with silence.
+    pub fn audio(&mut self, samples: &[i16]) -> &mut Self {
+        for chunk in samples.chunks(FRAME_SAMPLES as usize) {
+            let mut frame: Vec<u8> = chunk.iter().map(|&s| (self.encode)(s)).collect();
+            frame.resize(FRAME_SAMPLES as usize, (self.encode)(0));
+            let marker = std::mem::take(&mut self.talkspurt);
+            self.push(
+                PacketRole::Audio,
+                self.audio_pt,
+                marker,
+                self.timestamp,
+                frame,
+            );
+        }
+        self
+    }
+
+    /// One key press as RFC 4733 events on `event_pt`: the start packet and `frames - 1`
+    /// updates (the key is down `frames` × 20 ms), then the end packet three times.
+    pub fn key_press(&mut self, event_pt: u8, key: char, frames: u32) -> &mut Self {
+        assert!(frames >= 1, "a key press lasts at least one packet");
+        let code = event_code(key);
+        let press = self.presses;
+        self.presses += 1;
+        let start = self.timestamp;
+        for i in 0..frames {
+            let duration = u16::try_from((i + 1) * FRAME_SAMPLES).expect("short key press");
+            let role = if i == 0 {
+                PacketRole::EventStart { press }
+            } else {
+                PacketRole::EventUpdate { press, n: i }
+            };
+            let payload = telephone_event(code, false, self.volume, duration);
+            self.push(role, event_pt, i == 0, start, payload.to_vec());
+        }
+        let full = u16::try_from(frames * FRAME_SAMPLES).expect("short key press");
+        for copy in 0..3 {
+            let payload = telephone_event(code, true, self.volume, full);
+            let role = PacketRole::EventEnd { press, copy };
+            self.push(role, event_pt, false, start, payload.to_vec());
+        }
+        // Audio after the event starts a new talkspurt.
+        self.talkspurt = true;
+        self
+    }
+
+    /// Each key of `keys` as a key press of `frames` frames, followed by `gap_frames` frames
+    /// of silence.
+    pub fn key_presses(
+        &mut self,
+        event_pt: u8,
+        keys: &str,
+        frames: u32,
+        gap_frames: u32,
+    ) -> &mut Self {
+        for key in keys.chars() {
+            self.key_press(event_pt, key, frames).silence(gap_frames);
+        }
+        self
+    }
+
+    /// The packets planned since the last take, in slot order; the plan goes on from where
+    /// it stands (numbering, slots, press count).
+    pub fn take_packets(&mut self) -> Vec<PlannedPacket> {
+        std::mem::take(&mut self.packets)
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Appends one packet in the next slot, advancing sequence number and timestamp clock.
+    fn push(&mut self, role: PacketRole, pt: u8, marker: bool, timestamp: u32, payload: Vec<u8>) {
+        let bytes = RtpPacket::build(pt, marker, self.sequence, timestamp, self.ssrc, &payload);
+        self.packets.push(PlannedPacket {
+            slot: self.slot,
+            role,
+            bytes,
+        });
+        self.sequence = self.sequence.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES);
+        self.slot += 1;
+    }
+}
+
+/// Sends at an absolute 20 ms schedule: slot `n` is due `n` × 20 ms after the start, so a
+/// late slot does not delay the ones after it.
+pub struct Pacer {
+    start: Instant,
+}
+
+impl Pacer {
+    pub fn start() -> Pacer {
+        Pacer {
+            start: Instant::now(),
+        }
+    }
+
+    /// Sleeps until `slot` is due (at once if it is past).
+    pub fn wait_for(&self, slot: u32) {
+        let due = self.start + PTIME * slot;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
 }
 
@@ -757,5 +996,98 @@ mod tests {
         assert!(best_correlation(&other, &reference) < 0.2);
         assert_eq!(best_correlation(&[0i16; 8000], &reference), 0.0);
         assert_eq!(best_correlation(&[], &reference), 0.0);
+    }
+
+    fn parsed(p: &PlannedPacket) -> RtpPacket {
+        RtpPacket::parse(&p.bytes, Instant::now(), src()).unwrap()
+    }
+
+    #[test]
+    fn event_codes_and_payload_layout() {
+        let codes: Vec<u8> = "0123456789*#ABCD".chars().map(event_code).collect();
+        assert_eq!(codes, (0..16).collect::<Vec<u8>>());
+        assert_eq!(event_code('d'), 15);
+        // RFC 4733 §2.3 Figure 1: event 11 (#), E=1, R=0, volume 10, duration 800.
+        assert_eq!(telephone_event(11, true, 10, 800), [11, 0x8a, 0x03, 0x20]);
+        assert_eq!(telephone_event(5, false, 0xff, 0), [5, 0x3f, 0, 0]);
+    }
+
+    #[test]
+    fn a_planned_key_press_is_one_event_with_three_ends() {
+        let mut plan = MediaPlan::new(0);
+        plan.starting_at(65_534, u32::MAX - 159)
+            .silence(2)
+            .key_press(101, '7', 3)
+            .silence(1);
+        let packets = plan.take_packets();
+        let roles: Vec<PacketRole> = packets.iter().map(|p| p.role).collect();
+        use PacketRole::*;
+        assert_eq!(
+            roles,
+            vec![
+                Audio,
+                Audio,
+                EventStart { press: 0 },
+                EventUpdate { press: 0, n: 1 },
+                EventUpdate { press: 0, n: 2 },
+                EventEnd { press: 0, copy: 0 },
+                EventEnd { press: 0, copy: 1 },
+                EventEnd { press: 0, copy: 2 },
+                Audio,
+            ]
+        );
+        let p: Vec<RtpPacket> = packets.iter().map(parsed).collect();
+        // One slot and one sequence number per packet, across the 16-bit wrap.
+        for (i, (pkt, planned)) in p.iter().zip(&packets).enumerate() {
+            assert_eq!(planned.slot, i as u32);
+            assert_eq!(pkt.sequence, 65_534u16.wrapping_add(i as u16));
+            assert_eq!(pkt.ssrc, plan.ssrc());
+        }
+        // Audio: PT 0, 160 bytes of silence, marker on the first frame of each talkspurt.
+        assert_eq!(
+            (p[0].payload_type, p[0].marker, p[0].payload.len()),
+            (0, true, 160)
+        );
+        assert!(!p[1].marker && p[8].marker);
+        assert_eq!(p[1].timestamp, 0, "the timestamp wraps");
+        // The event: one timestamp (the slot it started in), marker on the start only,
+        // duration growing by 160 per update, the end three times with the full duration.
+        let event_ts = 160;
+        for pkt in &p[2..8] {
+            assert_eq!((pkt.payload_type, pkt.timestamp), (101, event_ts));
+        }
+        let payloads: Vec<&[u8]> = p[2..8].iter().map(|x| x.payload.as_slice()).collect();
+        assert_eq!(
+            payloads,
+            vec![
+                &[7, 10, 0, 160][..],
+                &[7, 10, 1, 64],
+                &[7, 10, 1, 224],
+                &[7, 0x8a, 1, 224],
+                &[7, 0x8a, 1, 224],
+                &[7, 0x8a, 1, 224],
+            ]
+        );
+        assert!(p[2].marker && p[3..8].iter().all(|x| !x.marker));
+        // The audio clock went on under the event.
+        assert_eq!(p[8].timestamp, event_ts.wrapping_add(6 * 160));
+    }
+
+    #[test]
+    fn presses_are_numbered_across_takes() {
+        let mut plan = MediaPlan::new(8);
+        plan.key_presses(96, "1#", 2, 1);
+        let first = plan.take_packets();
+        plan.key_press(96, 'A', 1);
+        let second = plan.take_packets();
+        let presses = |v: &[PlannedPacket]| -> Vec<usize> {
+            let mut p: Vec<usize> = v.iter().filter_map(|x| x.role.press()).collect();
+            p.dedup();
+            p
+        };
+        assert_eq!(presses(&first), vec![0, 1]);
+        assert_eq!(presses(&second), vec![2]);
+        assert_eq!(second[0].slot, first.last().unwrap().slot + 1);
+        assert_eq!(parsed(&first[5]).payload_type, 8, "audio in the gap");
     }
 }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Instant;
 
+pub mod file;
 pub mod goertzel;
 pub mod info;
 pub mod rfc4733;

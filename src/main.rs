@@ -1,14 +1,18 @@
 //! The `pinbridge` command line: thin wrappers over the library.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use pinbridge::audio::Assets;
 use pinbridge::config::{Config, ServeArgs};
+use pinbridge::pin::{self, Pepper};
+use pinbridge::store::{self, AuditEntry, NewUser, Store, UserId};
 
 /// pinbridge — a SIP/RTP dial-in meeting bridge.
 ///
@@ -30,6 +34,9 @@ enum Command {
     /// environment, which wins over the file. When the server is ready it prints one line on
     /// stdout: `pinbridge ready sip=IP:PORT`; logs go to stderr.
     Serve(ServeArgs),
+    /// Organizers, straight in the store: only while the server is not running (sled allows
+    /// one process).
+    Users(UsersArgs),
     /// DTMF diagnostics.
     #[command(subcommand)]
     Dtmf(DtmfCommand),
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Users(args) => users(args),
         Command::Dtmf(DtmfCommand::Detect { file, json }) => dtmf_detect(&file, json),
     }
 }
@@ -116,5 +124,149 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .await
     })?;
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+struct UsersArgs {
+    #[command(subcommand)]
+    command: UsersCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum UsersCommand {
+    /// Create an organizer: prints their new conference ID and PIN, once.
+    ///
+    /// The PIN is hashed with the pepper from PINBRIDGE_PIN_PEPPER, or else DIR/pepper
+    /// (created on first use): the server must use the same one.
+    Add(UsersAddArgs),
+    /// List the organizers (PINs are always shown masked).
+    List(StoreDirArg),
+}
+
+#[derive(clap::Args, Debug)]
+struct UsersAddArgs {
+    /// User id, e.g. amos.marble@contoso.com.
+    id: String,
+    /// Primary email address.
+    #[arg(long)]
+    email: String,
+    /// Display name [default: the id].
+    #[arg(long)]
+    name: Option<String>,
+    /// The organizer does not need a PIN to start their meetings: the first caller who is
+    /// not anonymous starts them [default: the tenant setting, which requires one].
+    #[arg(long)]
+    no_pin_required: bool,
+    #[command(flatten)]
+    store: StoreDirArg,
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreDirArg {
+    /// Directory of the store, as given to `pinbridge serve`.
+    #[arg(
+        long,
+        env = "PINBRIDGE_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./data"
+    )]
+    data_dir: PathBuf,
+}
+
+fn users(args: UsersArgs) -> anyhow::Result<()> {
+    match args.command {
+        UsersCommand::Add(args) => users_add(args),
+        UsersCommand::List(args) => users_list(args),
+    }
+}
+
+fn users_add(args: UsersAddArgs) -> anyhow::Result<()> {
+    let data_dir = &args.store.data_dir;
+    let store = Store::open(data_dir)?;
+    let (pepper, _) = Pepper::load(None, data_dir)?;
+    let new = NewUser {
+        id: UserId(args.id.clone()),
+        display_name: args.name.unwrap_or_else(|| args.id.clone()),
+        email: args.email,
+        requires_pin: args.no_pin_required.then_some(false),
+    };
+    let created = store.create_organizer(new, &pepper);
+    let outcome = match &created {
+        Ok((user, _)) => format!("created; conference id {}", user.conference_id),
+        Err(e) => format!("refused: {e}"),
+    };
+    let entry = AuditEntry::new(
+        SystemTime::now(),
+        "cli",
+        store::audit::USER_CREATE,
+        args.id,
+        outcome,
+        None,
+    );
+    store.append_audit(&entry)?;
+    let (user, pin) = created?;
+    // The only place a PIN is printed: once, to whoever created the organizer.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "conference id: {}", user.conference_id)?;
+    writeln!(out, "pin: {}", pin.expose())?;
+    out.flush()?;
+    eprintln!(
+        "organizer {} created; the PIN is not shown again (reset it to get a new one)",
+        user.id
+    );
+    Ok(())
+}
+
+fn users_list(args: StoreDirArg) -> anyhow::Result<()> {
+    let store = Store::open(&args.data_dir)?;
+    let users = store.users()?;
+    if users.is_empty() {
+        eprintln!("no users in {}", args.data_dir.display());
+        return Ok(());
+    }
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let mut rows = vec![
+        [
+            "ID",
+            "NAME",
+            "EMAIL",
+            "CONFERENCE ID",
+            "ENABLED",
+            "PIN REQUIRED",
+            "PIN",
+            "PIN LENGTH",
+            "PIN SET",
+        ]
+        .map(String::from),
+    ];
+    for u in users {
+        rows.push([
+            u.id.to_string(),
+            u.display_name,
+            u.email,
+            u.conference_id.to_string(),
+            yes_no(u.enabled),
+            yes_no(u.requires_pin),
+            if u.pin_hash.is_some() { pin::MASK } else { "-" }.to_string(),
+            u.pin_len.map_or("-".to_string(), |n| n.to_string()),
+            u.pin_set_at.map_or("-".to_string(), store::format_utc),
+        ]);
+    }
+    let mut widths = [0usize; 9];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
     Ok(())
 }

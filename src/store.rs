@@ -1,9 +1,47 @@
-//! The embedded store (sled): users, the conference-ID index, tenant settings, failed-attempt
-//! counters and lockouts, and the audit log. Everything else reaches sled through here.
+//! The embedded store (sled): users, the conference-ID index, tenant settings, failed-PIN
+//! counters and lockouts, and the audit log. Everything else reaches sled through [`Store`].
 //!
-//! (Issue 4 fills this in; the identifier types below are shared by the IVR and the bridge.)
+//! # On disk
+//! `<data_dir>/lock` (held with `flock` while a [`Store`] is open; holds the owner's pid),
+//! `<data_dir>/sled/` (the sled database), `<data_dir>/store.initialized` (tells a damaged
+//! store from a new one) and, next to them but never inside sled, `<data_dir>/pepper` (see
+//! [`crate::pin::Pepper`]). sled allows one process; a second [`Store::open`] gets
+//! [`StoreError::Locked`].
+//!
+//! Trees: `users` (user id → JSON [`User`]), `conference_ids` (conference id → user id),
+//! `settings` (`tenant` → JSON [`TenantSettings`]), `pin_failures_by_conference` and
+//! `pin_failures_by_source` (key → JSON list of failure times), `lockouts` (conference id →
+//! JSON until), `audit` (big-endian u64 from sled's monotonic id generator → JSON
+//! [`AuditEntry`]). The default tree holds `schema_version` (u32, big-endian) and the pepper
+//! fingerprint. JSON, so a store can be inspected with any sled dump.
+//!
+//! # Durability
+//! Every method that writes returns only after [`Store::persist`]: sled's `flush()` and then
+//! an `fsync` of each file sled owns (see there for why the second step is needed). Writes are
+//! therefore blocking I/O: callers on the tokio runtime use `spawn_blocking`. Reads
+//! ([`Store::user_by_conference`], [`Store::tenant_settings`], …) do not sync and are fast.
+//!
+//! # Time
+//! Methods about failures and lockouts take `now` explicitly (wall-clock `SystemTime`, since
+//! lockouts must survive a restart), so the rules are tested without sleeping.
 
 use std::fmt;
+use std::fs;
+use std::io::{self, Read, Seek, Write};
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use email_address::EmailAddress;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::pin::{self, Pepper, Pin, PinError};
 
 /// A conference ID: the digits a caller keys in (or dials as the Request-URI user part).
 #[derive(
@@ -40,5 +78,2188 @@ pub struct UserId(pub String);
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The layout this build reads and writes. Bump it with a migration in [`Store::open`].
+pub const SCHEMA_VERSION: u32 = 1;
+/// Conference IDs are this many digits unless the tenant says otherwise.
+pub const DEFAULT_CONFERENCE_ID_LEN: u8 = 7;
+/// Allowed conference-ID lengths: at least 6 digits so IDs are not guessed by walking a
+/// small space; at most 15, the longest [`ConferenceId::parse`] accepts.
+pub const CONFERENCE_ID_LEN: RangeInclusive<u8> = 6..=15;
+/// Default PIN length for a new tenant.
+pub const DEFAULT_PIN_LEN: u8 = 5;
+
+const SLED_DIR: &str = "sled";
+const LOCK_FILE: &str = "lock";
+/// Written (and synced) once the schema version is durable. sled silently recovers a damaged
+/// log to an empty database, so "no schema version" alone cannot tell a new store from a
+/// destroyed one; this file, outside sled, can.
+const INIT_MARKER: &str = "store.initialized";
+const KEY_SCHEMA_VERSION: &[u8] = b"schema_version";
+const KEY_PEPPER_FINGERPRINT: &[u8] = b"pepper_fingerprint";
+const KEY_TENANT: &[u8] = b"tenant";
+/// Random draws before giving up on finding a free conference ID (each draw collides with
+/// probability users / 9·10^(len-1): at 7 digits even a million users leave 1 in 9).
+const CONFERENCE_ID_DRAWS: u32 = 64;
+/// Failure times kept per key; counts saturate here, which bounds what a flood can write.
+const MAX_KEPT_FAILURES: usize = 1024;
+
+/// An organizer: who they are, their conference ID and the hash of their PIN.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub display_name: String,
+    /// Primary address; PINs and conference IDs are emailed here (issue 5).
+    pub email: String,
+    /// Enabled for audio conferencing: a disabled user's PIN starts no meeting.
+    pub enabled: bool,
+    pub conference_id: ConferenceId,
+    /// argon2id PHC string of the PIN (see [`crate::pin::hash`]); never the PIN.
+    pub pin_hash: Option<String>,
+    #[serde(with = "opt_unix_secs")]
+    pub pin_set_at: Option<SystemTime>,
+    pub pin_len: Option<u8>,
+    /// The organizer must enter their PIN to start a meeting; callers wait in the lobby.
+    pub requires_pin: bool,
+    #[serde(with = "unix_secs")]
+    pub created_at: SystemTime,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("display_name", &self.display_name)
+            .field("email", &self.email)
+            .field("enabled", &self.enabled)
+            .field("conference_id", &self.conference_id)
+            .field("pin_hash", &self.pin_hash.as_ref().map(|_| "<argon2id>"))
+            .field("pin_set_at", &self.pin_set_at)
+            .field("pin_len", &self.pin_len)
+            .field("requires_pin", &self.requires_pin)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// What an administrator (or `pinbridge users add`) supplies to create an organizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub id: UserId,
+    pub display_name: String,
+    pub email: String,
+    /// `None`: the tenant's [`TenantSettings::organizers_require_pin`].
+    pub requires_pin: Option<bool>,
+}
+
+impl NewUser {
+    fn validate(&self) -> Result<(), StoreError> {
+        let bad_id = |reason: &str| {
+            Err(StoreError::InvalidUserId {
+                id: self.id.0.clone(),
+                reason: reason.to_string(),
+            })
+        };
+        if self.id.0.is_empty() {
+            return bad_id("it is empty");
+        }
+        if self.id.0.len() > 254 {
+            return bad_id("it is longer than 254 bytes");
+        }
+        if self
+            .id
+            .0
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return bad_id("it contains spaces or control characters");
+        }
+        if self.display_name.trim().is_empty() || self.display_name.len() > 256 {
+            return Err(StoreError::InvalidDisplayName(self.display_name.clone()));
+        }
+        if self.display_name.chars().any(char::is_control) {
+            return Err(StoreError::InvalidDisplayName(self.display_name.clone()));
+        }
+        validate_email(&self.email)
+    }
+}
+
+/// A deliverable-looking address: `local@domain.tld`, no display name, no `[IP]` literal
+/// (RFC 5322 `addr-spec` as checked by the `email_address` crate, plus a required TLD).
+fn validate_email(email: &str) -> Result<(), StoreError> {
+    let options = email_address::Options::default()
+        .without_display_text()
+        .without_domain_literal()
+        .with_required_tld();
+    let invalid = |reason: String| StoreError::InvalidEmail {
+        email: email.to_string(),
+        reason,
+    };
+    let parsed =
+        EmailAddress::parse_with_options(email, options).map_err(|e| invalid(e.to_string()))?;
+    // The crate allows any atom characters in the domain; a host name has letters, digits
+    // and hyphens only (RFC 1123 §2.1; letters include IDN ones).
+    let host_char = |c: char| c.is_alphanumeric() || c == '-' || c == '.';
+    if !parsed.domain().chars().all(host_char) {
+        return Err(invalid("the domain is not a host name".to_string()));
+    }
+    Ok(())
+}
+
+/// Tenant-wide policy. Missing fields of a stored record take their defaults, so adding a
+/// field needs no migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantSettings {
+    /// Length of PINs generated from now on (4–12); existing PINs keep theirs.
+    pub pin_length: u8,
+    /// Anonymous callers may start a meeting (normally they wait for a known caller).
+    pub allow_anonymous_start: bool,
+    /// New organizers must enter their PIN to start their meetings.
+    pub organizers_require_pin: bool,
+    /// Email a new or reset PIN to the user automatically.
+    pub auto_email: bool,
+    /// Dial-in numbers shown in emails, as written (`+1 206 555 0100`).
+    pub dial_in_numbers: Vec<String>,
+    /// Digits in conference IDs allocated from now on ([`CONFERENCE_ID_LEN`]).
+    pub conference_id_length: u8,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        TenantSettings {
+            pin_length: DEFAULT_PIN_LEN,
+            allow_anonymous_start: false,
+            organizers_require_pin: true,
+            auto_email: true,
+            dial_in_numbers: Vec::new(),
+            conference_id_length: DEFAULT_CONFERENCE_ID_LEN,
+        }
+    }
+}
+
+impl TenantSettings {
+    /// Checks every field; the error names the setting and the allowed values.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        pin::check_length(self.pin_length)
+            .map_err(|_| SettingsError::PinLength(self.pin_length))?;
+        if !CONFERENCE_ID_LEN.contains(&self.conference_id_length) {
+            return Err(SettingsError::ConferenceIdLength(self.conference_id_length));
+        }
+        for number in &self.dial_in_numbers {
+            let allowed = |c: char| c.is_ascii_digit() || " +-().".contains(c);
+            let digits = number.chars().filter(char::is_ascii_digit).count();
+            if number.len() > 32 || digits < 3 || !number.chars().all(allowed) {
+                return Err(SettingsError::DialInNumber(number.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tenant setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("pin_length must be between {min} and {max} digits, got {0}", min = pin::MIN_LEN, max = pin::MAX_LEN)]
+    PinLength(u8),
+    #[error(
+        "conference_id_length must be between {min} and {max} digits, got {0}",
+        min = CONFERENCE_ID_LEN.start(),
+        max = CONFERENCE_ID_LEN.end()
+    )]
+    ConferenceIdLength(u8),
+    #[error(
+        "dial-in number {0:?} must be up to 32 characters of digits, spaces and + - ( ) ., with at least 3 digits"
+    )]
+    DialInNumber(String),
+}
+
+/// The brute-force rule for organizer PINs (DESIGN.md call flow, step 3). Failures are
+/// counted per conference (what locks) and per caller source (read by issue 7's per-source
+/// limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    /// Failures for one conference within `window` that lock it.
+    pub max_failures: u32,
+    /// Sliding window over which a conference's failures are counted.
+    pub window: Duration,
+    /// How long organizer PIN entry stays locked.
+    pub lockout: Duration,
+    /// Sliding window for [`Store::source_failures`].
+    pub source_window: Duration,
+}
+
+impl LockoutPolicy {
+    /// 5 failures …
+    pub const DEFAULT_MAX_FAILURES: u32 = 5;
+    /// … within 10 minutes …
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10 * 60);
+    /// … lock PIN entry for 15 minutes (DESIGN.md, issue 4).
+    pub const DEFAULT_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+    /// Per-source failures are counted over the last hour.
+    pub const DEFAULT_SOURCE_WINDOW: Duration = Duration::from_secs(60 * 60);
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> Self {
+        LockoutPolicy {
+            max_failures: Self::DEFAULT_MAX_FAILURES,
+            window: Self::DEFAULT_WINDOW,
+            lockout: Self::DEFAULT_LOCKOUT,
+            source_window: Self::DEFAULT_SOURCE_WINDOW,
+        }
+    }
+}
+
+/// What one wrong PIN did. Every variant carries the caller source's failure count in its
+/// window (including this one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureOutcome {
+    /// Counted; `remaining` more failures within the window lock the conference.
+    Counted {
+        failures: u32,
+        remaining: u32,
+        source_failures: u32,
+    },
+    /// This failure locked organizer PIN entry for the conference until `until`.
+    LockedOut {
+        until: SystemTime,
+        source_failures: u32,
+    },
+    /// The conference was already locked (the caller should not have been asked for a PIN);
+    /// counted for the source only, and the lockout is not extended.
+    AlreadyLocked {
+        until: SystemTime,
+        source_failures: u32,
+    },
+}
+
+impl FailureOutcome {
+    /// When organizer PIN entry unlocks, if it is locked now.
+    pub fn locked_until(&self) -> Option<SystemTime> {
+        match *self {
+            FailureOutcome::Counted { .. } => None,
+            FailureOutcome::LockedOut { until, .. }
+            | FailureOutcome::AlreadyLocked { until, .. } => Some(until),
+        }
+    }
+
+    pub fn source_failures(&self) -> u32 {
+        match *self {
+            FailureOutcome::Counted {
+                source_failures, ..
+            }
+            | FailureOutcome::LockedOut {
+                source_failures, ..
+            }
+            | FailureOutcome::AlreadyLocked {
+                source_failures, ..
+            } => source_failures,
+        }
+    }
+}
+
+/// The store's verdict on an organizer PIN keyed in for a conference
+/// ([`Store::check_organizer_pin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinCheck {
+    /// The organizer's PIN: their meeting may start.
+    Verified(User),
+    /// Not the PIN; the failure was counted (and may have locked the conference: see
+    /// [`FailureOutcome::locked_until`]).
+    Wrong(FailureOutcome),
+    /// PIN entry for the conference is locked until then; the PIN was not checked or counted.
+    Locked { until: SystemTime },
+    /// No organizer has this conference ID; nothing was counted.
+    UnknownConference,
+    /// The organizer is disabled for audio conferencing: their PIN starts nothing. Not
+    /// checked, not counted.
+    Disabled,
+}
+
+/// A conference whose organizer PIN entry is locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lockout {
+    pub conference: ConferenceId,
+    pub until: SystemTime,
+}
+
+/// One line of the audit log: who did what to whom, and how it went.
+///
+/// Built only with [`AuditEntry::new`]: the action is a `&'static str` from [`audit`] (a
+/// fixed vocabulary, never runtime text), and nothing converts a [`Pin`] to text except its
+/// masked `Display` (`*****`); the digits come out only through `Pin::expose`, whose call
+/// sites a test restricts. Fields are read through accessors, so an entry read back cannot
+/// be altered and re-appended either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(with = "unix_millis")]
+    at: SystemTime,
+    actor: String,
+    action: String,
+    target: String,
+    outcome: String,
+    source: Option<IpAddr>,
+}
+
+/// The audit vocabulary.
+pub mod audit {
+    pub const USER_CREATE: &str = "user.create";
+    pub const PIN_RESET: &str = "user.reset_pin";
+    pub const PIN_FAILURE: &str = "pin.failure";
+    pub const PIN_LOCKOUT: &str = "pin.lockout";
+    pub const LOCKOUT_CLEAR: &str = "pin.lockout_clear";
+    pub const SETTINGS_SET: &str = "tenant.settings";
+    /// Actor for entries the store writes on a caller's behalf.
+    pub const ACTOR_CALLER: &str = "caller";
+    /// Actor for consequences the store decides itself (a lockout).
+    pub const ACTOR_SYSTEM: &str = "system";
+}
+
+impl AuditEntry {
+    pub fn new(
+        at: SystemTime,
+        actor: impl Into<String>,
+        action: &'static str,
+        target: impl Into<String>,
+        outcome: impl Into<String>,
+        source: Option<IpAddr>,
+    ) -> AuditEntry {
+        AuditEntry {
+            at,
+            actor: actor.into(),
+            action: action.to_string(),
+            target: target.into(),
+            outcome: outcome.into(),
+            source,
+        }
+    }
+
+    pub fn at(&self) -> SystemTime {
+        self.at
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    pub fn action(&self) -> &str {
+        &self.action
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn outcome(&self) -> &str {
+        &self.outcome
+    }
+
+    pub fn source(&self) -> Option<IpAddr> {
+        self.source
+    }
+}
+
+/// Everything the store can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data directory {path} is not writable: {source}")]
+    Unwritable { path: PathBuf, source: io::Error },
+    #[error(
+        "the store in {path} is in use by another process{}: stop the running pinbridge server first (sled allows one process)",
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Locked { path: PathBuf, holder: Option<u32> },
+    #[error("the store is corrupt: {0}")]
+    Corrupt(String),
+    #[error(
+        "the store has schema version {found}, but this build of pinbridge reads version {supported}"
+    )]
+    SchemaVersion { found: u32, supported: u32 },
+    #[error("user {0} already exists")]
+    UserExists(UserId),
+    #[error("no user {0}")]
+    UserNotFound(UserId),
+    #[error("invalid user id {id:?}: {reason}")]
+    InvalidUserId { id: String, reason: String },
+    #[error("invalid display name {0:?}: 1 to 256 characters, no control characters")]
+    InvalidDisplayName(String),
+    #[error("malformed email address {email:?}: {reason}")]
+    InvalidEmail { email: String, reason: String },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("no free conference ID of {0} digits found; raise conference_id_length")]
+    ConferenceIdsExhausted(u8),
+    #[error(
+        "the PIN pepper differs from the one this store's PINs were hashed with; use the same PINBRIDGE_PIN_PEPPER / pin pepper setting / <data_dir>/pepper file as the server"
+    )]
+    PepperMismatch,
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("store I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("store failed: {0}")]
+    Backend(sled::Error),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => StoreError::Io(io),
+            sled::Error::Corruption { at, .. } => {
+                StoreError::Corrupt(format!("sled found corrupted data at {at:?}"))
+            }
+            other => StoreError::Backend(other),
+        }
+    }
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The open store. Holds the directory lock until dropped. All methods take `&self`; share
+/// it as `Arc<Store>`.
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    conference_ids: sled::Tree,
+    settings: sled::Tree,
+    conference_failures: sled::Tree,
+    source_failures: sled::Tree,
+    lockouts: sled::Tree,
+    audit: sled::Tree,
+    sled_dir: PathBuf,
+    policy: LockoutPolicy,
+    /// The last pepper [`Store::check_pepper`] accepted, so the argon2 check runs once.
+    checked_pepper: Mutex<Option<Pepper>>,
+    _lock: fs::File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` with the default [`LockoutPolicy`].
+    ///
+    /// Errors: [`StoreError::Unwritable`] when the directory cannot be created or written,
+    /// [`StoreError::Locked`] when another process (or another `Store` in this one) has it
+    /// open, [`StoreError::Corrupt`] when sled or our records cannot be read, and
+    /// [`StoreError::SchemaVersion`] when it was written by an incompatible build.
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let data_dir = data_dir.as_ref();
+        let unwritable = |source| StoreError::Unwritable {
+            path: data_dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(data_dir).map_err(unwritable)?;
+        let lock = lock_dir(data_dir)?;
+        let sled_dir = data_dir.join(SLED_DIR);
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .open()
+            .map_err(|e| open_error(data_dir, e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(data_dir, e));
+        let store = Store {
+            users: tree("users")?,
+            conference_ids: tree("conference_ids")?,
+            settings: tree("settings")?,
+            conference_failures: tree("pin_failures_by_conference")?,
+            source_failures: tree("pin_failures_by_source")?,
+            lockouts: tree("lockouts")?,
+            audit: tree("audit")?,
+            db,
+            sled_dir,
+            policy: LockoutPolicy::default(),
+            checked_pepper: Mutex::new(None),
+            _lock: lock,
+        };
+        store.check_schema(data_dir).map_err(|e| match e {
+            StoreError::Io(source) => unwritable(source),
+            e => e,
+        })?;
+        Ok(store)
+    }
+
+    /// Replaces the lockout rule (from configuration).
+    pub fn with_lockout_policy(mut self, policy: LockoutPolicy) -> Store {
+        self.policy = policy;
+        self
+    }
+
+    pub fn lockout_policy(&self) -> LockoutPolicy {
+        self.policy
+    }
+
+    fn check_schema(&self, data_dir: &Path) -> Result<(), StoreError> {
+        let marker = data_dir.join(INIT_MARKER);
+        match self.db.get(KEY_SCHEMA_VERSION)? {
+            Some(v) => {
+                let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt(format!("schema_version is {} bytes, not 4", v.len()))
+                })?;
+                let found = u32::from_be_bytes(bytes);
+                // Migrations from older versions go here, each followed by a version write.
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaVersion {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                if !marker.exists() {
+                    write_marker(&marker)?;
+                }
+                Ok(())
+            }
+            None if marker.exists() || !self.users.is_empty() || !self.settings.is_empty() => {
+                Err(StoreError::Corrupt(format!(
+                    "{} was initialised but its records are gone (damaged sled files); restore it from a backup",
+                    data_dir.display()
+                )))
+            }
+            None => {
+                self.db
+                    .insert(KEY_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes())?;
+                self.persist()?;
+                write_marker(&marker)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes every write so far durable, surviving a process kill *and* an operating-system
+    /// crash or power loss. The one place the store syncs.
+    ///
+    /// sled 0.34's `flush()` writes its log with `pwrite` and then calls
+    /// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` on Linux
+    /// (`src/pagecache/iobuf.rs`), which starts and waits for the data's writeback but does
+    /// not flush the drive's volatile cache nor persist metadata such as a grown file size
+    /// (sled issue #1452). So after the flush, every regular file under the sled directory
+    /// (`db`, `conf`, `snap.*`, `blobs/*`) is opened and `fsync`ed (`File::sync_all`: on
+    /// Linux fsync acts on the inode, whichever descriptor it is called through), then each
+    /// directory, so newly created files are reachable after a crash. Closing these extra
+    /// descriptors does not drop sled's `flock` (a lock belongs to sled's own open file
+    /// description). Not guaranteed: anything the disk itself loses after acknowledging a
+    /// cache flush.
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        fsync_tree(&self.sled_dir)?;
+        Ok(())
+    }
+
+    /// Records, on first use, a fingerprint of the pepper (see
+    /// [`Pepper::fingerprint`]); afterwards refuses any other pepper with
+    /// [`StoreError::PepperMismatch`], so PINs are never hashed under two peppers. The
+    /// server calls this once at start.
+    pub fn check_pepper(&self, pepper: &Pepper) -> Result<(), StoreError> {
+        let mut checked = self
+            .checked_pepper
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if checked.as_ref().is_some_and(|p| p.same_as(pepper)) {
+            return Ok(());
+        }
+        loop {
+            match self.db.get(KEY_PEPPER_FINGERPRINT)? {
+                Some(stored) => {
+                    let stored = std::str::from_utf8(&stored).map_err(|_| {
+                        StoreError::Corrupt("pepper fingerprint is not text".to_string())
+                    })?;
+                    if !pepper.matches_fingerprint(stored) {
+                        return Err(StoreError::PepperMismatch);
+                    }
+                    break;
+                }
+                None => {
+                    let fingerprint = pepper.fingerprint()?;
+                    let swapped = self.db.compare_and_swap(
+                        KEY_PEPPER_FINGERPRINT,
+                        None as Option<&[u8]>,
+                        Some(fingerprint.as_bytes()),
+                    )?;
+                    if swapped.is_ok() {
+                        self.persist()?;
+                        break;
+                    }
+                }
+            }
+        }
+        *checked = Some(pepper.clone());
+        Ok(())
+    }
+
+    // ---- users ----------------------------------------------------------------------------
+
+    /// Creates an organizer: validates the request, allocates a unique random conference ID
+    /// at the tenant's length, generates a PIN at the tenant's current PIN length, stores
+    /// only its hash, and returns the PIN in clear — the only time it is available.
+    ///
+    /// Errors: [`StoreError::UserExists`], [`StoreError::InvalidUserId`],
+    /// [`StoreError::InvalidEmail`], [`StoreError::InvalidDisplayName`],
+    /// [`StoreError::PepperMismatch`]. Blocking (argon2 and fsync).
+    pub fn create_organizer(
+        &self,
+        new: NewUser,
+        pepper: &Pepper,
+    ) -> Result<(User, Pin), StoreError> {
+        self.create_organizer_with(new, pepper, random_conference_id)
+    }
+
+    /// [`Store::create_organizer`] with the conference-ID draw passed in (tests script it).
+    fn create_organizer_with(
+        &self,
+        new: NewUser,
+        pepper: &Pepper,
+        mut draw_conference_id: impl FnMut(u8) -> ConferenceId,
+    ) -> Result<(User, Pin), StoreError> {
+        new.validate()?;
+        self.check_pepper(pepper)?;
+        let settings = self.tenant_settings()?;
+        let id_key = new.id.0.as_bytes();
+        if self.users.contains_key(id_key)? {
+            return Err(StoreError::UserExists(new.id));
+        }
+        for _ in 0..CONFERENCE_ID_DRAWS {
+            let conference_id = draw_conference_id(settings.conference_id_length);
+            let conf_key = conference_id.as_str().as_bytes();
+            if self.conference_ids.contains_key(conf_key)? {
+                continue;
+            }
+            let pin = pin::generate(settings.pin_length, &conference_id, None, pepper)?;
+            let now = now_whole_secs();
+            let user = User {
+                id: new.id.clone(),
+                display_name: new.display_name.clone(),
+                email: new.email.clone(),
+                enabled: true,
+                conference_id: conference_id.clone(),
+                pin_hash: Some(pin::hash(&pin, pepper)?),
+                pin_set_at: Some(now),
+                pin_len: Some(settings.pin_length),
+                requires_pin: new.requires_pin.unwrap_or(settings.organizers_require_pin),
+                created_at: now,
+            };
+            let record = encode(&user);
+            let inserted = (&self.users, &self.conference_ids).transaction(|(users, ids)| {
+                if users.get(id_key)?.is_some() {
+                    return abort(StoreError::UserExists(new.id.clone()));
+                }
+                if ids.get(conf_key)?.is_some() {
+                    return Ok(false);
+                }
+                users.insert(id_key, record.as_slice())?;
+                ids.insert(conf_key, id_key)?;
+                Ok(true)
+            });
+            if !inserted.map_err(StoreError::from)? {
+                continue; // a concurrent creation took this conference ID: draw again
+            }
+            self.persist()?;
+            return Ok((user, pin));
+        }
+        Err(StoreError::ConferenceIdsExhausted(
+            settings.conference_id_length,
+        ))
+    }
+
+    /// Replaces a user's PIN with a new one at the tenant's *current* length (never a repeat
+    /// of the old one, never weak) and returns it in clear, once. The old PIN stops working
+    /// as soon as this returns.
+    pub fn reset_pin(&self, id: &UserId, pepper: &Pepper) -> Result<(User, Pin), StoreError> {
+        self.check_pepper(pepper)?;
+        let settings = self.tenant_settings()?;
+        let key = id.0.as_bytes();
+        loop {
+            let old_record = self
+                .users
+                .get(key)?
+                .ok_or_else(|| StoreError::UserNotFound(id.clone()))?;
+            let mut user: User = decode("user", &old_record)?;
+            let pin = pin::generate(
+                settings.pin_length,
+                &user.conference_id,
+                user.pin_hash.as_deref(),
+                pepper,
+            )?;
+            user.pin_hash = Some(pin::hash(&pin, pepper)?);
+            user.pin_set_at = Some(now_whole_secs());
+            user.pin_len = Some(settings.pin_length);
+            let swapped =
+                self.users
+                    .compare_and_swap(key, Some(old_record), Some(encode(&user)))?;
+            if swapped.is_ok() {
+                self.persist()?;
+                return Ok((user, pin));
+            }
+            // Changed underneath us (a concurrent reset or edit): start again from it.
+        }
+    }
+
+    pub fn user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+        self.users
+            .get(id.0.as_bytes())?
+            .map(|v| decode("user", &v))
+            .transpose()
+    }
+
+    /// The organizer whose conference this is: the bridge's lookup for each dialled ID. Two
+    /// point reads, no sync.
+    pub fn user_by_conference(&self, id: &ConferenceId) -> Result<Option<User>, StoreError> {
+        let Some(user_id) = self.conference_ids.get(id.as_str().as_bytes())? else {
+            return Ok(None);
+        };
+        let user = self
+            .users
+            .get(&user_id)?
+            .map(|v| decode::<User>("user", &v))
+            .transpose()?;
+        match user {
+            Some(u) if u.conference_id == *id => Ok(Some(u)),
+            Some(_) | None => Err(StoreError::Corrupt(format!(
+                "conference ID {id} points at user {:?}, who does not have it",
+                String::from_utf8_lossy(&user_id)
+            ))),
+        }
+    }
+
+    /// All users, ordered by id.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.users.iter().map(|kv| decode("user", &kv?.1)).collect()
+    }
+
+    // ---- tenant settings ------------------------------------------------------------------
+
+    /// The tenant's settings (defaults until set).
+    pub fn tenant_settings(&self) -> Result<TenantSettings, StoreError> {
+        match self.settings.get(KEY_TENANT)? {
+            Some(v) => decode("tenant settings", &v),
+            None => Ok(TenantSettings::default()),
+        }
+    }
+
+    /// Validates and stores the tenant's settings.
+    pub fn set_tenant_settings(&self, settings: &TenantSettings) -> Result<(), StoreError> {
+        settings.validate()?;
+        self.settings.insert(KEY_TENANT, encode(settings))?;
+        self.persist()
+    }
+
+    // ---- failed PINs and lockouts ---------------------------------------------------------
+
+    /// Counts one wrong organizer PIN for `conference` from `source` at `now`, and audits it
+    /// (and the lockout it may cause; never the PIN). With the default [`LockoutPolicy`],
+    /// the 5th failure for a conference within 10 minutes locks its organizer PIN entry for
+    /// 15 minutes.
+    ///
+    /// - The failures that caused a lockout are spent: the window starts empty when it ends.
+    /// - Failures while locked count for the source but neither for the conference nor
+    ///   towards extending the lockout, so a guesser cannot keep the organizer out longer.
+    /// - A verified PIN does **not** reset the conference's window. The window bounds the
+    ///   guesses against one PIN from all callers together; if the organizer's own success
+    ///   cleared it, every organizer sign-in would hand a guesser a fresh 4 tries, so their
+    ///   budget would grow with the organizer's activity. The price is small: an organizer who
+    ///   mistypes, succeeds and mistypes again within 10 minutes may be locked a little
+    ///   sooner.
+    pub fn record_pin_failure(
+        &self,
+        conference: &ConferenceId,
+        source: IpAddr,
+        now: SystemTime,
+    ) -> Result<FailureOutcome, StoreError> {
+        let policy = self.policy;
+        let conf_key = conference.as_str().as_bytes();
+        let source = source.to_canonical();
+        let source_key = source.to_string();
+        let trees = (
+            &self.conference_failures,
+            &self.source_failures,
+            &self.lockouts,
+            &self.audit,
+        );
+        let outcome = trees.transaction(|(conf_tx, source_tx, lockouts_tx, audit_tx)| {
+            let mut from_source = load_failures(source_tx.get(&source_key)?)?;
+            from_source.record(now, policy.source_window);
+            source_tx.insert(source_key.as_bytes(), encode(&from_source))?;
+            let source_failures = from_source.count();
+
+            let append = |actor: &str, action: &'static str, outcome: String| -> TxResult<()> {
+                let entry = AuditEntry::new(
+                    now,
+                    actor,
+                    action,
+                    conference.as_str(),
+                    outcome,
+                    Some(source),
+                );
+                let key = audit_tx.generate_id()?.to_be_bytes();
+                audit_tx.insert(&key, encode(&entry))?;
+                Ok(())
+            };
+
+            if let Some(until) = load_lockout(lockouts_tx.get(conf_key)?)
+                .map_err(ConflictableTransactionError::Abort)?
+                && until > now
+            {
+                append(
+                    audit::ACTOR_CALLER,
+                    audit::PIN_FAILURE,
+                    format!("rejected; PIN entry locked until {}", format_utc(until)),
+                )?;
+                return Ok(FailureOutcome::AlreadyLocked {
+                    until,
+                    source_failures,
+                });
+            }
+
+            let mut failures = load_failures(conf_tx.get(conf_key)?)?;
+            failures.record(now, policy.window);
+            let count = failures.count();
+            append(
+                audit::ACTOR_CALLER,
+                audit::PIN_FAILURE,
+                format!("wrong PIN, {count} of {} allowed", policy.max_failures),
+            )?;
+            if count < policy.max_failures {
+                conf_tx.insert(conf_key, encode(&failures))?;
+                return Ok(FailureOutcome::Counted {
+                    failures: count,
+                    remaining: policy.max_failures - count,
+                    source_failures,
+                });
+            }
+            let until = now + policy.lockout;
+            conf_tx.remove(conf_key)?;
+            lockouts_tx.insert(conf_key, encode(&LockoutRecord { until }))?;
+            append(
+                audit::ACTOR_SYSTEM,
+                audit::PIN_LOCKOUT,
+                format!(
+                    "organizer PIN entry locked until {} after {count} failures",
+                    format_utc(until)
+                ),
+            )?;
+            Ok(FailureOutcome::LockedOut {
+                until,
+                source_failures,
+            })
+        })?;
+        self.persist()?;
+        Ok(outcome)
+    }
+
+    /// Checks an organizer PIN keyed in for `conference` from `source` at `now`, in the order
+    /// the rules need: a locked conference is refused without looking at the PIN; an
+    /// unknown conference or a disabled organizer is refused; otherwise the PIN is verified
+    /// (argon2id, constant-time compare) and a wrong one is recorded with
+    /// [`Store::record_pin_failure`]. Blocking (argon2, and an fsync on failure): run it with
+    /// `spawn_blocking`.
+    pub fn check_organizer_pin(
+        &self,
+        conference: &ConferenceId,
+        pin: &Pin,
+        pepper: &Pepper,
+        source: IpAddr,
+        now: SystemTime,
+    ) -> Result<PinCheck, StoreError> {
+        if let Some(until) = self.pin_lockout(conference, now)? {
+            return Ok(PinCheck::Locked { until });
+        }
+        let Some(user) = self.user_by_conference(conference)? else {
+            return Ok(PinCheck::UnknownConference);
+        };
+        if !user.enabled {
+            return Ok(PinCheck::Disabled);
+        }
+        let verified = user
+            .pin_hash
+            .as_deref()
+            .is_some_and(|phc| pin::verify(pin, phc, pepper));
+        if verified {
+            return Ok(PinCheck::Verified(user));
+        }
+        let outcome = self.record_pin_failure(conference, source, now)?;
+        Ok(PinCheck::Wrong(outcome))
+    }
+
+    /// Until when organizer PIN entry for `conference` is locked, if it is locked at `now`.
+    pub fn pin_lockout(
+        &self,
+        conference: &ConferenceId,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        let until = load_lockout(self.lockouts.get(conference.as_str().as_bytes())?)?;
+        Ok(until.filter(|until| *until > now))
+    }
+
+    /// Every conference locked at `now`, ordered by conference ID.
+    pub fn list_lockouts(&self, now: SystemTime) -> Result<Vec<Lockout>, StoreError> {
+        let mut locked = Vec::new();
+        for kv in self.lockouts.iter() {
+            let (key, value) = kv?;
+            let record: LockoutRecord = decode("lockout", &value)?;
+            if record.until > now {
+                locked.push(Lockout {
+                    conference: ConferenceId(String::from_utf8_lossy(&key).into_owned()),
+                    until: record.until,
+                });
+            }
+        }
+        Ok(locked)
+    }
+
+    /// Lifts the lockout of `conference` and forgets its counted failures (an administrator
+    /// who unlocks means "let the organizer try again"). Returns whether a lockout record was
+    /// there. The caller audits it, with its actor.
+    pub fn clear_lockout(&self, conference: &ConferenceId) -> Result<bool, StoreError> {
+        let key = conference.as_str().as_bytes();
+        let removed =
+            (&self.lockouts, &self.conference_failures).transaction(|(lockouts, failures)| {
+                failures.remove(key)?;
+                Ok(lockouts.remove(key)?.is_some())
+            });
+        let removed = removed.map_err(StoreError::from)?;
+        self.persist()?;
+        Ok(removed)
+    }
+
+    /// Wrong PINs from `source` within the policy's source window before `now` (issue 7's
+    /// per-source limits read this). IPv4-mapped IPv6 addresses count as their IPv4 address.
+    pub fn source_failures(&self, source: IpAddr, now: SystemTime) -> Result<u32, StoreError> {
+        let key = source.to_canonical().to_string();
+        let mut failures = load_failures_plain(self.source_failures.get(key)?)?;
+        failures.prune(now, self.policy.source_window);
+        Ok(failures.count())
+    }
+
+    /// Deletes expired lockouts and failure lists with nothing left in their window, so the
+    /// trees do not grow with every source ever seen. Returns how many records went. For a
+    /// periodic task; correctness never depends on it.
+    pub fn prune_expired(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kv in self.lockouts.iter() {
+            let (key, value) = kv?;
+            let record: LockoutRecord = decode("lockout", &value)?;
+            if record.until <= now
+                && self
+                    .lockouts
+                    .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        for (tree, window) in [
+            (&self.conference_failures, self.policy.window),
+            (&self.source_failures, self.policy.source_window),
+        ] {
+            for kv in tree.iter() {
+                let (key, value) = kv?;
+                let mut failures: Failures = decode("failure list", &value)?;
+                failures.prune(now, window);
+                if failures.count() == 0
+                    && tree
+                        .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
+                        .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            self.persist()?;
+        }
+        Ok(removed)
+    }
+
+    // ---- audit ----------------------------------------------------------------------------
+
+    /// Appends an entry to the audit log. Entries are kept in append order under keys from
+    /// sled's monotonic id generator (increasing across restarts).
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let key = self.db.generate_id()?.to_be_bytes();
+        self.audit.insert(key, encode(entry))?;
+        self.persist()
+    }
+
+    /// The last `n` audit entries, oldest first.
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut entries = self
+            .audit
+            .iter()
+            .rev()
+            .take(n)
+            .map(|kv| decode("audit entry", &kv?.1))
+            .collect::<Result<Vec<AuditEntry>, StoreError>>()?;
+        entries.reverse();
+        Ok(entries)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("sled_dir", &self.sled_dir)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC, whole seconds) for audit text and listings.
+pub fn format_utc(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date
+    // Algorithms", civil_from_days), for days >= 0.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Takes `<data_dir>/lock` with an exclusive `flock` (held by the returned file) and writes
+/// our pid into it, so a second opener can say who holds the store.
+fn lock_dir(data_dir: &Path) -> Result<fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let unwritable = |source| StoreError::Unwritable {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(unwritable)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(StoreError::Locked {
+                path: data_dir.to_path_buf(),
+                holder: pid.trim().parse().ok(),
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(unwritable(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(unwritable)?;
+    Ok(file)
+}
+
+fn write_marker(path: &Path) -> io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    writeln!(
+        file,
+        "pinbridge store schema {SCHEMA_VERSION}; the data is in sled/. Do not delete this file."
+    )?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn open_error(data_dir: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                path: data_dir.to_path_buf(),
+                holder: None,
+            }
+        }
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::ReadOnlyFilesystem
+                    | io::ErrorKind::StorageFull
+                    | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            StoreError::Unwritable {
+                path: data_dir.to_path_buf(),
+                source: io,
+            }
+        }
+        sled::Error::Unsupported(what) => StoreError::Corrupt(format!("sled refused it: {what}")),
+        other => other.into(),
+    }
+}
+
+/// `fsync` every regular file below `dir`, then `dir` itself (see [`Store::persist`]).
+fn fsync_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            fsync_tree(&path)?;
+        } else if kind.is_file() {
+            match fs::File::open(&path) {
+                Ok(file) => file.sync_all()?,
+                // sled removed it (an old snapshot) after we listed it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    fs::File::open(dir)?.sync_all()
+}
+
+/// The wall clock as stored in user records (whole seconds), so a returned [`User`] equals
+/// the one read back.
+fn now_whole_secs() -> SystemTime {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn random_conference_id(len: u8) -> ConferenceId {
+    let mut rng = rand::rng();
+    // No leading zero: some trunks and people drop it.
+    let digits = (0..len)
+        .map(|i| {
+            let low = if i == 0 { 1 } else { 0 };
+            char::from(b'0' + rng.random_range(low..10u8))
+        })
+        .collect();
+    ConferenceId(digits)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records are plain structs with string keys")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// Failure times (unix milliseconds) inside a sliding window, oldest first.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Failures(Vec<u64>);
+
+impl Failures {
+    /// Drops failures older than `window` before `now` (a failure exactly `window` old is out).
+    fn prune(&mut self, now: SystemTime, window: Duration) {
+        let now = unix_millis::of(now);
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.0.retain(|&t| now.saturating_sub(t) < window);
+    }
+
+    fn record(&mut self, now: SystemTime, window: Duration) {
+        self.prune(now, window);
+        self.0.push(unix_millis::of(now));
+        if self.0.len() > MAX_KEPT_FAILURES {
+            let excess = self.0.len() - MAX_KEPT_FAILURES;
+            self.0.drain(..excess);
+        }
+    }
+
+    fn count(&self) -> u32 {
+        u32::try_from(self.0.len()).unwrap_or(u32::MAX)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LockoutRecord {
+    #[serde(with = "unix_millis")]
+    until: SystemTime,
+}
+
+fn load_failures(v: Option<sled::IVec>) -> TxResult<Failures> {
+    load_failures_plain(v).map_err(ConflictableTransactionError::Abort)
+}
+
+fn load_failures_plain(v: Option<sled::IVec>) -> Result<Failures, StoreError> {
+    v.map_or(Ok(Failures::default()), |v| decode("failure list", &v))
+}
+
+fn load_lockout(v: Option<sled::IVec>) -> Result<Option<SystemTime>, StoreError> {
+    v.map(|v| decode::<LockoutRecord>("lockout", &v).map(|r| r.until))
+        .transpose()
+}
+
+/// `SystemTime` as whole seconds since the Unix epoch.
+mod unix_secs {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+mod opt_unix_secs {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(|s| UNIX_EPOCH + Duration::from_secs(s)))
+    }
+}
+
+/// `SystemTime` as milliseconds since the Unix epoch (failure windows need sub-second order).
+mod unix_millis {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn of(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(of(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn pepper() -> Pepper {
+        Pepper::from_bytes(vec![7u8; pin::PEPPER_LEN]).unwrap()
+    }
+
+    fn other_pepper() -> Pepper {
+        Pepper::from_bytes(vec![8u8; pin::PEPPER_LEN]).unwrap()
+    }
+
+    fn new_user(id: &str) -> NewUser {
+        NewUser {
+            id: UserId(id.to_string()),
+            display_name: format!("User {id}"),
+            email: id.to_string(),
+            requires_pin: None,
+        }
+    }
+
+    fn conf(s: &str) -> ConferenceId {
+        ConferenceId::parse(s).unwrap()
+    }
+
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_750_000_000)
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("data")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn open_creates_the_directory_and_writes_the_schema_version() {
+        let (_dir, store) = open();
+        let v = store.db.get(KEY_SCHEMA_VERSION).unwrap().unwrap();
+        assert_eq!(v.as_ref(), &SCHEMA_VERSION.to_be_bytes());
+    }
+
+    #[test]
+    fn a_newer_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .db
+                .insert(KEY_SCHEMA_VERSION, &99u32.to_be_bytes())
+                .unwrap();
+            store.persist().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaVersion {
+                    found: 99,
+                    supported: SCHEMA_VERSION
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the store has schema version 99, but this build of pinbridge reads version 1"
+        );
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_store_is_locked_and_by_whom() {
+        let (dir, _store) = open();
+        let err = Store::open(dir.path().join("data")).unwrap_err();
+        match &err {
+            StoreError::Locked { holder, .. } => assert_eq!(*holder, Some(std::process::id())),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_lock_is_released_when_the_store_is_dropped() {
+        let (dir, store) = open();
+        drop(store);
+        Store::open(dir.path().join("data")).unwrap();
+    }
+
+    #[test]
+    fn an_unwritable_data_dir_is_a_clear_error() {
+        // Tests may run as root, which ignores permission bits: use a path below a file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain-file");
+        fs::write(&file, b"x").unwrap();
+        let err = Store::open(file.join("data")).unwrap_err();
+        assert!(matches!(err, StoreError::Unwritable { .. }), "{err:?}");
+        assert!(err.to_string().contains("is not writable"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_store_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        for name in ["conf", "db"] {
+            fs::write(dir.path().join(SLED_DIR).join(name), [0xA5u8; 4096]).unwrap();
+        }
+        for f in fs::read_dir(dir.path().join(SLED_DIR)).unwrap() {
+            let p = f.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snap.")
+            {
+                fs::write(&p, [0x5Au8; 4096]).unwrap();
+            }
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_store_whose_sled_log_was_destroyed_is_not_mistaken_for_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let settings = TenantSettings {
+                pin_length: 6,
+                ..TenantSettings::default()
+            };
+            store.set_tenant_settings(&settings).unwrap();
+        }
+        // sled treats a damaged log head as a torn write and recovers an empty database.
+        let db = dir.path().join(SLED_DIR).join("db");
+        let mut bytes = fs::read(&db).unwrap();
+        bytes.iter_mut().take(600).for_each(|b| *b ^= 0xFF);
+        fs::write(&db, bytes).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("restore it from a backup"),
+            "{err}"
+        );
+    }
+
+    // ---- users -------------------------------------------------------------------------------
+
+    #[test]
+    fn create_organizer_stores_a_hash_and_returns_the_pin_once() {
+        let (_dir, store) = open();
+        let (user, pin) = store
+            .create_organizer(new_user("amos.marble@contoso.com"), &pepper())
+            .unwrap();
+        assert_eq!(pin.len(), usize::from(DEFAULT_PIN_LEN));
+        assert_eq!(user.pin_len, Some(DEFAULT_PIN_LEN));
+        assert!(user.enabled);
+        assert!(
+            user.requires_pin,
+            "tenant default: organizers require a PIN"
+        );
+        assert!(user.pin_set_at.is_some());
+        let id = user.conference_id.as_str();
+        assert_eq!(id.len(), usize::from(DEFAULT_CONFERENCE_ID_LEN));
+        assert!(!id.starts_with('0'));
+        assert_eq!(pin::weakness(pin.expose(), &user.conference_id), None);
+        let hash = user.pin_hash.as_deref().unwrap();
+        assert!(!hash.contains(pin.expose()));
+        assert!(pin::verify(&pin, hash, &pepper()));
+
+        let found = store
+            .user_by_conference(&user.conference_id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found, user);
+        assert_eq!(store.user(&user.id).unwrap(), Some(user.clone()));
+        assert_eq!(store.users().unwrap(), vec![user]);
+        assert_eq!(store.user_by_conference(&conf("1000000")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_duplicate_id_is_refused() {
+        let (_dir, store) = open();
+        store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        let err = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UserExists(_)), "{err:?}");
+        assert_eq!(err.to_string(), "user a@example.com already exists");
+        assert_eq!(store.users().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn malformed_emails_and_ids_are_refused() {
+        let (_dir, store) = open();
+        for email in [
+            "",
+            "no-at-sign",
+            "a@",
+            "@example.com",
+            "a@localhost",
+            "a b@example.com",
+            "a@[192.0.2.1]",
+            "Amos <a@example.com>",
+            "a@exa_mple.com",
+            "a@.example.com",
+        ] {
+            let mut new = new_user("someone");
+            new.email = email.to_string();
+            let err = store.create_organizer(new, &pepper()).unwrap_err();
+            assert!(
+                matches!(err, StoreError::InvalidEmail { .. }),
+                "{email:?}: {err:?}"
+            );
+            assert!(
+                err.to_string().starts_with("malformed email address"),
+                "{err}"
+            );
+        }
+        for id in ["", "two words", "tab\there"] {
+            let mut new = new_user("a@example.com");
+            new.id = UserId(id.to_string());
+            let err = store.create_organizer(new, &pepper()).unwrap_err();
+            assert!(
+                matches!(err, StoreError::InvalidUserId { .. }),
+                "{id:?}: {err:?}"
+            );
+        }
+        let mut new = new_user("a@example.com");
+        new.display_name = " ".to_string();
+        assert!(matches!(
+            store.create_organizer(new, &pepper()),
+            Err(StoreError::InvalidDisplayName(_))
+        ));
+        assert!(store.users().unwrap().is_empty());
+    }
+
+    #[test]
+    fn requires_pin_follows_the_request_or_the_tenant_default() {
+        let (_dir, store) = open();
+        let mut new = new_user("a@example.com");
+        new.requires_pin = Some(false);
+        let (user, _) = store.create_organizer(new, &pepper()).unwrap();
+        assert!(!user.requires_pin);
+        store
+            .set_tenant_settings(&TenantSettings {
+                organizers_require_pin: false,
+                ..TenantSettings::default()
+            })
+            .unwrap();
+        let (user, _) = store
+            .create_organizer(new_user("b@example.com"), &pepper())
+            .unwrap();
+        assert!(!user.requires_pin);
+    }
+
+    #[test]
+    fn conference_ids_are_unique_and_a_taken_one_is_skipped() {
+        let (_dir, store) = open();
+        let (first, _) = store
+            .create_organizer_with(new_user("a@example.com"), &pepper(), |_| conf("5550123"))
+            .unwrap();
+        assert_eq!(first.conference_id, conf("5550123"));
+        // The next draws repeat the taken ID twice before offering a free one.
+        let mut draws = ["5550123", "5550123", "5550124"].into_iter();
+        let (second, _) = store
+            .create_organizer_with(new_user("b@example.com"), &pepper(), |_| {
+                conf(draws.next().unwrap())
+            })
+            .unwrap();
+        assert_eq!(second.conference_id, conf("5550124"));
+        assert_eq!(
+            store
+                .user_by_conference(&conf("5550123"))
+                .unwrap()
+                .unwrap()
+                .id,
+            first.id
+        );
+        // Only taken IDs on offer: a clear error, not a loop.
+        let err = store
+            .create_organizer_with(new_user("c@example.com"), &pepper(), |_| conf("5550123"))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::ConferenceIdsExhausted(7)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn random_conference_ids_have_the_asked_length_and_are_distinct() {
+        let (_dir, store) = open();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..20 {
+            let (user, _) = store
+                .create_organizer(new_user(&format!("u{i}@example.com")), &pepper())
+                .unwrap();
+            assert!(seen.insert(user.conference_id));
+        }
+        for len in CONFERENCE_ID_LEN {
+            let id = random_conference_id(len);
+            assert_eq!(ConferenceId::parse(id.as_str()), Some(id.clone()));
+            assert_eq!(id.as_str().len(), usize::from(len));
+            assert!(!id.as_str().starts_with('0'));
+        }
+    }
+
+    #[test]
+    fn the_tenant_lengths_apply_to_new_pins_and_ids_only() {
+        let (_dir, store) = open();
+        let (old, old_pin) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        store
+            .set_tenant_settings(&TenantSettings {
+                pin_length: 8,
+                conference_id_length: 9,
+                ..TenantSettings::default()
+            })
+            .unwrap();
+        let (new, new_pin) = store
+            .create_organizer(new_user("b@example.com"), &pepper())
+            .unwrap();
+        assert_eq!((new_pin.len(), new.pin_len), (8, Some(8)));
+        assert_eq!(new.conference_id.as_str().len(), 9);
+        let old_now = store.user(&old.id).unwrap().unwrap();
+        assert_eq!(old_now.pin_len, Some(5));
+        assert!(pin::verify(
+            &old_pin,
+            old_now.pin_hash.as_deref().unwrap(),
+            &pepper()
+        ));
+    }
+
+    #[test]
+    fn reset_pin_replaces_the_hash_at_the_current_length() {
+        let (_dir, store) = open();
+        let (user, old_pin) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        store
+            .set_tenant_settings(&TenantSettings {
+                pin_length: 6,
+                ..TenantSettings::default()
+            })
+            .unwrap();
+        let (after, new_pin) = store.reset_pin(&user.id, &pepper()).unwrap();
+        assert_eq!((new_pin.len(), after.pin_len), (6, Some(6)));
+        assert_eq!(after.conference_id, user.conference_id);
+        let stored = store.user(&user.id).unwrap().unwrap();
+        assert_eq!(stored, after);
+        let hash = stored.pin_hash.as_deref().unwrap();
+        assert!(pin::verify(&new_pin, hash, &pepper()));
+        assert!(
+            !pin::verify(&old_pin, hash, &pepper()),
+            "the old PIN stops working"
+        );
+        let err = store
+            .reset_pin(&UserId("nobody@example.com".into()), &pepper())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "no user nobody@example.com");
+    }
+
+    #[test]
+    fn a_different_pepper_is_refused() {
+        let (_dir, store) = open();
+        let (user, _) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        let err = store
+            .create_organizer(new_user("b@example.com"), &other_pepper())
+            .unwrap_err();
+        assert!(matches!(err, StoreError::PepperMismatch), "{err:?}");
+        assert!(matches!(
+            store.reset_pin(&user.id, &other_pepper()),
+            Err(StoreError::PepperMismatch)
+        ));
+        store.check_pepper(&pepper()).unwrap();
+    }
+
+    #[test]
+    fn debug_output_shows_neither_pin_nor_hash() {
+        let (_dir, store) = open();
+        let created = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        let shown = format!("{created:?}");
+        assert!(!shown.contains(created.1.expose()), "{shown}");
+        assert!(
+            !shown.contains(created.0.pin_hash.as_deref().unwrap()),
+            "{shown}"
+        );
+        assert!(shown.contains("Pin(*****)"), "{shown}");
+    }
+
+    #[test]
+    fn reopening_keeps_users_settings_lockouts_and_audit() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = TenantSettings {
+            pin_length: 7,
+            dial_in_numbers: vec!["+1 206 555 0100".to_string()],
+            ..TenantSettings::default()
+        };
+        let (user, pin) = {
+            let store = Store::open(dir.path()).unwrap();
+            store.set_tenant_settings(&settings).unwrap();
+            let created = store
+                .create_organizer(new_user("a@example.com"), &pepper())
+                .unwrap();
+            for _ in 0..5 {
+                store
+                    .record_pin_failure(&created.0.conference_id, ip(1), t0())
+                    .unwrap();
+            }
+            created
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tenant_settings().unwrap(), settings);
+        let found = store
+            .user_by_conference(&user.conference_id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found, user);
+        assert!(pin::verify(
+            &pin,
+            found.pin_hash.as_deref().unwrap(),
+            &pepper()
+        ));
+        assert_eq!(
+            store.pin_lockout(&user.conference_id, t0()).unwrap(),
+            Some(t0() + LockoutPolicy::DEFAULT_LOCKOUT)
+        );
+        assert_eq!(store.source_failures(ip(1), t0()).unwrap(), 5);
+        let before = store.audit_tail(100).unwrap();
+        assert_eq!(before.len(), 6, "5 failures and 1 lockout");
+        store
+            .append_audit(&AuditEntry::new(
+                t0(),
+                "test",
+                audit::SETTINGS_SET,
+                "tenant",
+                "ok",
+                None,
+            ))
+            .unwrap();
+        let after = store.audit_tail(100).unwrap();
+        assert_eq!(
+            after[..6],
+            before[..],
+            "appended after the entries from before the restart"
+        );
+        assert_eq!(after[6].actor(), "test");
+    }
+
+    // ---- settings ----------------------------------------------------------------------------
+
+    #[test]
+    fn settings_default_and_round_trip() {
+        let (_dir, store) = open();
+        let defaults = store.tenant_settings().unwrap();
+        assert_eq!(defaults.pin_length, 5);
+        assert!(!defaults.allow_anonymous_start);
+        assert!(defaults.organizers_require_pin);
+        assert!(defaults.auto_email);
+        assert!(defaults.dial_in_numbers.is_empty());
+        assert_eq!(defaults.conference_id_length, 7);
+        let changed = TenantSettings {
+            pin_length: 12,
+            allow_anonymous_start: true,
+            organizers_require_pin: false,
+            auto_email: false,
+            dial_in_numbers: vec!["+44 20 7946 0000".into(), "(206) 555-0100".into()],
+            conference_id_length: 6,
+        };
+        store.set_tenant_settings(&changed).unwrap();
+        assert_eq!(store.tenant_settings().unwrap(), changed);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_naming_the_range() {
+        let (_dir, store) = open();
+        for len in [0, 3, 13] {
+            let bad = TenantSettings {
+                pin_length: len,
+                ..TenantSettings::default()
+            };
+            let err = store.set_tenant_settings(&bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("pin_length must be between 4 and 12 digits, got {len}")
+            );
+        }
+        for len in [4, 12] {
+            TenantSettings {
+                pin_length: len,
+                ..TenantSettings::default()
+            }
+            .validate()
+            .unwrap();
+        }
+        let bad = TenantSettings {
+            conference_id_length: 5,
+            ..TenantSettings::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "conference_id_length must be between 6 and 15 digits, got 5"
+        );
+        for number in [
+            "",
+            "12",
+            "call me",
+            "+1 206 555 0100 ext. 12345678901234567890",
+        ] {
+            let bad = TenantSettings {
+                dial_in_numbers: vec![number.to_string()],
+                ..TenantSettings::default()
+            };
+            assert!(
+                matches!(bad.validate(), Err(SettingsError::DialInNumber(_))),
+                "{number:?}"
+            );
+        }
+        assert_eq!(store.tenant_settings().unwrap(), TenantSettings::default());
+    }
+
+    #[test]
+    fn stored_settings_missing_newer_fields_take_defaults() {
+        let (_dir, store) = open();
+        store
+            .settings
+            .insert(KEY_TENANT, br#"{"pin_length":6}"#.as_slice())
+            .unwrap();
+        let s = store.tenant_settings().unwrap();
+        assert_eq!(s.pin_length, 6);
+        assert_eq!(s.conference_id_length, DEFAULT_CONFERENCE_ID_LEN);
+        assert!(s.auto_email);
+    }
+
+    // ---- failed PINs and lockouts ------------------------------------------------------------
+
+    #[test]
+    fn the_fifth_failure_within_ten_minutes_locks_for_fifteen() {
+        let (_dir, store) = open();
+        let c = conf("5550123");
+        for i in 1..=4u32 {
+            let at = t0() + MIN * i;
+            let outcome = store.record_pin_failure(&c, ip(1), at).unwrap();
+            assert_eq!(
+                outcome,
+                FailureOutcome::Counted {
+                    failures: i,
+                    remaining: 5 - i,
+                    source_failures: i
+                }
+            );
+            assert_eq!(store.pin_lockout(&c, at).unwrap(), None);
+        }
+        let at = t0() + MIN * 5;
+        let outcome = store.record_pin_failure(&c, ip(2), at).unwrap();
+        let until = at + 15 * MIN;
+        assert_eq!(
+            outcome,
+            FailureOutcome::LockedOut {
+                until,
+                source_failures: 1
+            }
+        );
+        assert_eq!(outcome.locked_until(), Some(until));
+        assert_eq!(store.pin_lockout(&c, at).unwrap(), Some(until));
+        assert_eq!(
+            store.list_lockouts(at).unwrap(),
+            vec![Lockout {
+                conference: c.clone(),
+                until
+            }]
+        );
+        // Other conferences are unaffected.
+        assert_eq!(store.pin_lockout(&conf("5550124"), at).unwrap(), None);
+    }
+
+    #[test]
+    fn failures_older_than_the_window_do_not_count() {
+        let (_dir, store) = open();
+        let c = conf("5550123");
+        // 0, 3, 6, 9 minutes: four failures.
+        for m in [0u32, 3, 6, 9] {
+            store.record_pin_failure(&c, ip(1), t0() + MIN * m).unwrap();
+        }
+        // At exactly 10 minutes the first one has left the window: still four.
+        let outcome = store
+            .record_pin_failure(&c, ip(1), t0() + MIN * 10)
+            .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                FailureOutcome::Counted {
+                    failures: 4,
+                    remaining: 1,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        // At 11 minutes: 3, 6, 9, 10, 11 are five within ten minutes.
+        let outcome = store
+            .record_pin_failure(&c, ip(1), t0() + MIN * 11)
+            .unwrap();
+        assert!(
+            matches!(outcome, FailureOutcome::LockedOut { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_lockout_expires_and_is_then_neither_reported_nor_listed() {
+        let (_dir, store) = open();
+        let c = conf("5550123");
+        for _ in 0..5 {
+            store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        }
+        let until = t0() + 15 * MIN;
+        let just_before = until - Duration::from_millis(1);
+        assert_eq!(store.pin_lockout(&c, just_before).unwrap(), Some(until));
+        assert_eq!(store.pin_lockout(&c, until).unwrap(), None);
+        assert!(store.list_lockouts(until).unwrap().is_empty());
+        // The failures that caused it are spent: a new failure starts a fresh count.
+        let outcome = store.record_pin_failure(&c, ip(1), until).unwrap();
+        assert!(
+            matches!(
+                outcome,
+                FailureOutcome::Counted {
+                    failures: 1,
+                    remaining: 4,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            store.prune_expired(until).unwrap(),
+            1,
+            "the expired lockout record"
+        );
+    }
+
+    #[test]
+    fn failures_while_locked_neither_count_nor_extend_the_lockout() {
+        let (_dir, store) = open();
+        let c = conf("5550123");
+        for _ in 0..5 {
+            store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        }
+        let until = t0() + 15 * MIN;
+        for m in 1..=10u32 {
+            let outcome = store.record_pin_failure(&c, ip(1), t0() + MIN * m).unwrap();
+            assert_eq!(
+                outcome,
+                FailureOutcome::AlreadyLocked {
+                    until,
+                    source_failures: 5 + m
+                }
+            );
+        }
+        assert_eq!(store.pin_lockout(&c, t0() + 14 * MIN).unwrap(), Some(until));
+        let outcome = store.record_pin_failure(&c, ip(1), until).unwrap();
+        assert!(matches!(
+            outcome,
+            FailureOutcome::Counted { failures: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn clearing_a_lockout_unlocks_and_forgets_the_count() {
+        let (_dir, store) = open();
+        let c = conf("5550123");
+        for _ in 0..5 {
+            store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        }
+        assert!(store.clear_lockout(&c).unwrap());
+        assert_eq!(store.pin_lockout(&c, t0()).unwrap(), None);
+        assert!(!store.clear_lockout(&c).unwrap(), "nothing left to clear");
+        for _ in 0..3 {
+            store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        }
+        store.clear_lockout(&c).unwrap();
+        let outcome = store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        assert!(matches!(
+            outcome,
+            FailureOutcome::Counted { failures: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn failures_are_counted_per_source_across_conferences() {
+        let (_dir, store) = open();
+        let a = ip(1);
+        let b = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        for (i, id) in ["5550001", "5550002", "5550003"].iter().enumerate() {
+            store
+                .record_pin_failure(&conf(id), a, t0() + MIN * i as u32)
+                .unwrap();
+        }
+        store.record_pin_failure(&conf("5550001"), b, t0()).unwrap();
+        let now = t0() + 3 * MIN;
+        assert_eq!(store.source_failures(a, now).unwrap(), 3);
+        assert_eq!(store.source_failures(b, now).unwrap(), 1);
+        assert_eq!(store.source_failures(ip(9), now).unwrap(), 0);
+        // An IPv4-mapped IPv6 source is the same caller as its IPv4 address.
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
+        assert_eq!(store.source_failures(mapped, now).unwrap(), 3);
+        let outcome = store
+            .record_pin_failure(&conf("5550009"), mapped, now)
+            .unwrap();
+        assert_eq!(outcome.source_failures(), 4);
+        // The source window is an hour.
+        let later = t0() + LockoutPolicy::DEFAULT_SOURCE_WINDOW + MIN;
+        assert_eq!(store.source_failures(a, later).unwrap(), 2);
+        assert_eq!(store.source_failures(b, later).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_policy_is_configurable() {
+        let (_dir, store) = open();
+        let store = store.with_lockout_policy(LockoutPolicy {
+            max_failures: 2,
+            window: MIN,
+            lockout: 2 * MIN,
+            source_window: MIN,
+        });
+        let c = conf("5550123");
+        store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        let outcome = store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        assert_eq!(outcome.locked_until(), Some(t0() + 2 * MIN));
+    }
+
+    #[test]
+    fn prune_removes_only_what_has_expired() {
+        let (_dir, store) = open();
+        store
+            .record_pin_failure(&conf("5550001"), ip(1), t0())
+            .unwrap();
+        store
+            .record_pin_failure(&conf("5550002"), ip(2), t0() + 30 * MIN)
+            .unwrap();
+        // At +35 min: conference 5550001's failure (10-min window) has expired; both
+        // sources are within their hour.
+        assert_eq!(store.prune_expired(t0() + 35 * MIN).unwrap(), 1);
+        assert_eq!(store.source_failures(ip(1), t0() + 35 * MIN).unwrap(), 1);
+        assert_eq!(store.conference_failures.len(), 1);
+    }
+
+    // ---- audit -------------------------------------------------------------------------------
+
+    #[test]
+    fn failures_and_lockouts_are_audited_in_order() {
+        let (_dir, store) = open();
+        let c = conf("5550123");
+        for i in 0..5u32 {
+            store.record_pin_failure(&c, ip(1), t0() + MIN * i).unwrap();
+        }
+        let tail = store.audit_tail(3).unwrap();
+        let actions: Vec<_> = tail.iter().map(AuditEntry::action).collect();
+        assert_eq!(
+            actions,
+            [audit::PIN_FAILURE, audit::PIN_FAILURE, audit::PIN_LOCKOUT]
+        );
+        assert_eq!(tail[0].outcome(), "wrong PIN, 4 of 5 allowed");
+        assert_eq!(tail[1].outcome(), "wrong PIN, 5 of 5 allowed");
+        assert_eq!(
+            tail[2].outcome(),
+            "organizer PIN entry locked until 2025-06-15T15:25:40Z after 5 failures"
+        );
+        assert!(
+            tail.iter()
+                .all(|e| e.target() == "5550123" && e.source() == Some(ip(1)))
+        );
+        assert_eq!(tail[0].at(), t0() + 3 * MIN);
+        assert_eq!(store.audit_tail(100).unwrap().len(), 6);
+        assert!(store.audit_tail(0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_pin_reaches_the_audit_log() {
+        let (_dir, store) = open();
+        let (user, pin) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        // The ways a careless caller might try to describe a PIN all come out masked.
+        store
+            .append_audit(&AuditEntry::new(
+                SystemTime::now(),
+                "cli",
+                audit::USER_CREATE,
+                user.id.to_string(),
+                format!("created with PIN {pin} ({pin:?})"),
+                None,
+            ))
+            .unwrap();
+        let (_, new_pin) = store.reset_pin(&user.id, &pepper()).unwrap();
+        for _ in 0..5 {
+            store
+                .record_pin_failure(&user.conference_id, ip(1), t0())
+                .unwrap();
+        }
+        let entries = store.audit_tail(1000).unwrap();
+        assert_eq!(entries[0].outcome(), "created with PIN ***** (Pin(*****))");
+        for e in &entries {
+            let text = [e.actor(), e.action(), e.target(), e.outcome()].join("|");
+            for digits in [pin.expose(), new_pin.expose()] {
+                assert!(!text.contains(digits), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(t0()), "2025-06-15T15:06:40Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(format_utc(leap), "2000-02-29T00:00:00Z");
+        let end = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
+        assert_eq!(format_utc(end), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn check_organizer_pin_follows_the_rules_in_order() {
+        let (_dir, store) = open();
+        let (user, pin) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        let c = &user.conference_id;
+        let check = |p: &Pin, at| {
+            store
+                .check_organizer_pin(c, p, &pepper(), ip(1), at)
+                .unwrap()
+        };
+        assert_eq!(check(&pin, t0()), PinCheck::Verified(user.clone()));
+        let wrong = Pin::new(if pin.expose() == "13579" {
+            "24680"
+        } else {
+            "13579"
+        });
+        for i in 1..=4 {
+            assert!(
+                matches!(check(&wrong, t0()), PinCheck::Wrong(FailureOutcome::Counted { failures, .. }) if failures == i)
+            );
+        }
+        // A verified PIN does not reset the window: the next failure still locks.
+        assert!(matches!(check(&pin, t0()), PinCheck::Verified(_)));
+        let locked = check(&wrong, t0());
+        assert!(
+            matches!(locked, PinCheck::Wrong(FailureOutcome::LockedOut { .. })),
+            "{locked:?}"
+        );
+        // While locked even the right PIN is not looked at.
+        let until = t0() + LockoutPolicy::DEFAULT_LOCKOUT;
+        assert_eq!(check(&pin, t0()), PinCheck::Locked { until });
+        assert!(matches!(check(&pin, until), PinCheck::Verified(_)));
+        let unknown = store
+            .check_organizer_pin(&conf("1000000"), &pin, &pepper(), ip(1), t0())
+            .unwrap();
+        assert_eq!(unknown, PinCheck::UnknownConference);
+        // A wrong pepper never verifies.
+        let other = store
+            .check_organizer_pin(c, &pin, &other_pepper(), ip(1), until)
+            .unwrap();
+        assert!(matches!(other, PinCheck::Wrong(_)));
+    }
+
+    #[test]
+    fn a_disabled_organizer_is_refused_without_counting() {
+        let (_dir, store) = open();
+        let (mut user, pin) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        user.enabled = false;
+        store
+            .users
+            .insert(user.id.0.as_bytes(), encode(&user))
+            .unwrap();
+        let check = store
+            .check_organizer_pin(&user.conference_id, &pin, &pepper(), ip(1), t0())
+            .unwrap();
+        assert_eq!(check, PinCheck::Disabled);
+        assert_eq!(store.source_failures(ip(1), t0()).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_store_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
     }
 }

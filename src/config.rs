@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bridge::{BridgeConfig, OrganizerLeavePolicy};
+use crate::ivr::IvrConfig;
 use crate::media::dtmf::stream::DtmfMode;
 
 /// Flags of `pinbridge serve`.
@@ -54,6 +56,28 @@ pub struct ServeArgs {
     /// INFO always), rfc4733, info or inband [default: auto].
     #[arg(long, env = "PINBRIDGE_DTMF_MODE", value_name = "MODE")]
     pub dtmf_mode: Option<DtmfMode>,
+    /// Seconds a caller has for the first key after a prompt ends [default: 10].
+    #[arg(long, env = "PINBRIDGE_FIRST_DIGIT_TIMEOUT", value_name = "SECONDS")]
+    pub first_digit_timeout: Option<u64>,
+    /// Seconds allowed between keys; a pause this long ends the entry like `#` [default: 5].
+    #[arg(long, env = "PINBRIDGE_INTER_DIGIT_TIMEOUT", value_name = "SECONDS")]
+    pub inter_digit_timeout: Option<u64>,
+    /// Seconds of hold music between "waiting for the organizer" reminders [default: 60].
+    #[arg(long, env = "PINBRIDGE_LOBBY_REMINDER", value_name = "SECONDS")]
+    pub lobby_reminder: Option<u64>,
+    /// Most callers in one conference, lobby and meeting together [default: 250].
+    #[arg(long, env = "PINBRIDGE_MAX_PARTICIPANTS", value_name = "N")]
+    pub max_participants: Option<usize>,
+    /// End a meeting this many seconds after its organizer leaves [default: the meeting
+    /// continues].
+    #[arg(long, env = "PINBRIDGE_ORGANIZER_LEAVE_GRACE", value_name = "SECONDS")]
+    pub organizer_leave_grace: Option<u64>,
+    /// Play a tone to the meeting when someone joins or leaves [default: true].
+    #[arg(long, env = "PINBRIDGE_JOIN_TONES", value_name = "BOOL")]
+    pub join_tones: Option<bool>,
+    /// Seed one demo organizer into an empty store and print its conference ID and PIN.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 /// An inclusive port range written `LOW-HIGH`.
@@ -99,6 +123,13 @@ pub struct Config {
     pub media_workers: usize,
     pub shutdown_grace: Duration,
     pub dtmf_mode: DtmfMode,
+    /// The caller's journey: digit timeouts, tries, lobby reminders.
+    pub ivr: IvrConfig,
+    /// Meeting rules: size, tones, what happens when the organizer leaves.
+    pub bridge: BridgeConfig,
+    /// The server's PIN pepper, if configured (env `PINBRIDGE_PIN_PEPPER` or TOML
+    /// `pin_pepper`; deliberately no flag, which `ps` would show). Else `<data_dir>/pepper`.
+    pub pin_pepper: Option<String>,
 }
 
 /// A setting that cannot work, with what to do about it.
@@ -129,6 +160,13 @@ struct FileConfig {
     media_workers: Option<usize>,
     shutdown_grace: Option<u64>,
     dtmf_mode: Option<DtmfMode>,
+    first_digit_timeout: Option<u64>,
+    inter_digit_timeout: Option<u64>,
+    lobby_reminder: Option<u64>,
+    max_participants: Option<usize>,
+    organizer_leave_grace: Option<u64>,
+    join_tones: Option<bool>,
+    pin_pepper: Option<String>,
 }
 
 impl Config {
@@ -225,6 +263,49 @@ impl Config {
             ));
         }
         let shutdown_grace = args.shutdown_grace.or(file.shutdown_grace).unwrap_or(5);
+        let secs = |flag: Option<u64>, toml: Option<u64>, default: Duration| {
+            flag.or(toml).map_or(default, Duration::from_secs)
+        };
+        let defaults = IvrConfig::default();
+        let ivr = IvrConfig {
+            first_digit_timeout: secs(
+                args.first_digit_timeout,
+                file.first_digit_timeout,
+                defaults.first_digit_timeout,
+            ),
+            inter_digit_timeout: secs(
+                args.inter_digit_timeout,
+                file.inter_digit_timeout,
+                defaults.inter_digit_timeout,
+            ),
+            reminder_interval: secs(
+                args.lobby_reminder,
+                file.lobby_reminder,
+                defaults.reminder_interval,
+            ),
+            ..defaults
+        };
+        ivr.validate().map_err(|e| invalid("ivr", e.to_string()))?;
+        let max_participants = args
+            .max_participants
+            .or(file.max_participants)
+            .unwrap_or(250);
+        if max_participants < 2 {
+            return Err(invalid(
+                "max_participants",
+                format!("{max_participants} is below 2"),
+            ));
+        }
+        let bridge = BridgeConfig {
+            max_participants,
+            notify_tones: args.join_tones.or(file.join_tones).unwrap_or(true),
+            organizer_leave: match args.organizer_leave_grace.or(file.organizer_leave_grace) {
+                Some(s) => OrganizerLeavePolicy::EndAfter(Duration::from_secs(s)),
+                None => OrganizerLeavePolicy::Continue,
+            },
+            // The IVR plays the lobby reminder (it knows when a caller is keying a PIN).
+            lobby_reminder: None,
+        };
         Ok(Config {
             sip_listen,
             rtp_ports,
@@ -236,6 +317,11 @@ impl Config {
             media_workers,
             shutdown_grace: Duration::from_secs(shutdown_grace),
             dtmf_mode: args.dtmf_mode.or(file.dtmf_mode).unwrap_or_default(),
+            ivr,
+            bridge,
+            pin_pepper: std::env::var("PINBRIDGE_PIN_PEPPER")
+                .ok()
+                .or(file.pin_pepper),
         })
     }
 }

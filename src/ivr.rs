@@ -615,6 +615,16 @@ impl Flow {
         self.state.name()
     }
 
+    /// Whether a key pressed now would be part of a PIN (or its `#`): then nothing may log
+    /// it. Keys in every other state (conference IDs, `*` in the lobby, in-meeting commands)
+    /// are not secret.
+    pub fn keys_are_secret(&self) -> bool {
+        matches!(
+            self.state,
+            State::EnteringPin { .. } | State::PinIncorrect { .. } | State::VerifyingPin { .. }
+        )
+    }
+
     /// The conference the caller is headed for, once known.
     pub fn conference(&self) -> Option<&ConferenceId> {
         match &self.state {

@@ -6,6 +6,7 @@
 
 pub mod audio;
 pub mod bridge;
+pub mod calls;
 pub mod config;
 pub mod ivr;
 pub mod media;

@@ -107,6 +107,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let assets = Assets::load(&cfg.audio_dir)
         .with_context(|| format!("loading audio assets from {}", cfg.audio_dir.display()))?;
+    let store = Store::open(&cfg.data_dir)?;
+    let (pepper, source) = Pepper::load(cfg.pin_pepper.as_deref(), &cfg.data_dir)?;
+    tracing::info!(?source, "PIN pepper loaded");
+    store.check_pepper(&pepper)?;
+    if args.demo {
+        seed_demo(&store, &pepper)?;
+    }
+    let services = pinbridge::server::Services {
+        store: Arc::new(store),
+        pepper: Arc::new(pepper),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,6 +126,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pinbridge::server::run(
             cfg,
             Arc::new(assets),
+            services,
             |addr| {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "pinbridge ready sip={addr}");
@@ -124,6 +136,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .await
     })?;
+    Ok(())
+}
+
+/// `serve --demo`: on an empty store, one organizer whose conference ID and PIN are printed
+/// once (the PIN never again); on a store with users, nothing.
+fn seed_demo(store: &Store, pepper: &Pepper) -> anyhow::Result<()> {
+    if !store.users()?.is_empty() {
+        eprintln!("--demo: the store already has users; nothing seeded");
+        return Ok(());
+    }
+    let new = NewUser {
+        id: UserId("demo@pinbridge.invalid".into()),
+        display_name: "Demo Organizer".into(),
+        email: "demo@pinbridge.invalid".into(),
+        requires_pin: Some(true),
+    };
+    let (user, pin) = store.create_organizer(new, pepper)?;
+    let entry = AuditEntry::new(
+        SystemTime::now(),
+        "serve --demo",
+        store::audit::USER_CREATE,
+        user.id.to_string(),
+        format!("created; conference id {}", user.conference_id),
+        None,
+    );
+    store.append_audit(&entry)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "demo organizer: conference id {} pin {}",
+        user.conference_id,
+        pin.expose()
+    )?;
+    out.flush()?;
     Ok(())
 }
 

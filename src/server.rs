@@ -5,25 +5,31 @@
 //! One signalling task owns the endpoint (no locks on the signalling path); media runs on the
 //! engine's workers and talks back over a channel.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
-use tracing::{Span, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
-use crate::audio::{Assets, Sound};
+use crate::audio::Assets;
+use crate::calls::Calls;
 use crate::config::Config;
-use crate::media::dtmf::stream::{DigitStream, DtmfMode};
-use crate::media::engine::{Engine, EngineConfig, MediaEvent, MediaParams, SessionId};
-use crate::media::player::PlayMode;
-use crate::sip::endpoint::{Endpoint, EndpointConfig, Event, LegId};
+use crate::media::engine::{Engine, EngineConfig};
+use crate::pin::Pepper;
+use crate::sip::endpoint::{Endpoint, EndpointConfig, LegId};
 use crate::sip::transport::{
     Listeners, Peer, TcpConnections, TcpInbound, Transport, spawn_tcp_acceptor,
 };
+use crate::store::Store;
+
+/// The long-lived services a server runs on, opened before it starts.
+pub struct Services {
+    pub store: Arc<Store>,
+    pub pepper: Arc<Pepper>,
+}
 
 /// Far enough in the future to mean "no timer".
 const IDLE: Duration = Duration::from_secs(3600);
@@ -42,30 +48,12 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// What the server knows about a live call besides what the endpoint keeps.
-struct CallCtx {
-    span: Span,
-    signalling_ip: IpAddr,
-    /// The call's one stream of key presses, merged from RFC 4733, INFO and in-band.
-    digits: DigitStream,
-}
-
-impl CallCtx {
-    /// Hands merged digits on. Until the IVR exists they are only logged (at debug); the
-    /// IVR will take them from here.
-    fn drain_digits(&mut self) {
-        while let Some(d) = self.digits.poll_digit() {
-            self.span
-                .in_scope(|| debug!(key = %d.key, method = ?d.method, "dtmf digit"));
-        }
-    }
-}
-
 /// Binds, then reports the bound SIP address through `ready`, then serves until `shutdown`
 /// resolves; then hangs up every call and waits (at most `shutdown_grace`) for the BYEs.
 pub async fn run(
     cfg: Config,
     assets: Arc<Assets>,
+    services: Services,
     ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -98,11 +86,18 @@ pub async fn run(
     info!(sip = %local, rtp = ?cfg.rtp_ports, "pinbridge listening");
     ready(local);
 
-    let mut app = App {
+    let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
+    let mut calls = Calls::new(
         engine,
-        dtmf_mode: cfg.dtmf_mode,
         assets,
-        calls: HashMap::new(),
+        services.store,
+        services.pepper,
+        cfg.dtmf_mode,
+        cfg.ivr.clone(),
+        cfg.bridge,
+        jobs_tx,
+    );
+    let mut io = Io {
         tcp: TcpConnections::default(),
         udp: udp.clone(),
     };
@@ -110,8 +105,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut stopping: Option<Instant> = None;
     loop {
-        let deadline = endpoint
-            .poll_timeout()
+        let deadline = [endpoint.poll_timeout(), calls.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
             .map(Instant::from_std)
             .unwrap_or_else(|| Instant::now() + IDLE);
         let deadline = match stopping {
@@ -128,17 +125,20 @@ pub async fn run(
                 Err(e) => debug!(error = %e, "UDP receive error"),
             },
             Some(ev) = tcp_rx.recv() => match ev {
-                TcpInbound::Opened { conn, addr, writer } => app.tcp.opened(conn, addr, writer),
+                TcpInbound::Opened { conn, addr, writer } => io.tcp.opened(conn, addr, writer),
                 TcpInbound::Message { peer, bytes } => endpoint.handle_datagram(std::time::Instant::now(), &bytes, peer),
-                TcpInbound::Closed(conn) => app.tcp.closed(conn),
+                TcpInbound::Closed(conn) => io.tcp.closed(conn),
             },
-            Some(ev) = media_rx.recv() => app.media_event(&mut endpoint, ev),
+            Some(ev) = media_rx.recv() => calls.media_event(std::time::Instant::now(), ev, &mut endpoint),
+            Some(job) = jobs_rx.recv() => calls.job_done(std::time::Instant::now(), job, &mut endpoint),
             _ = sleep_until(deadline) => {
                 if stopping.is_some_and(|s| s <= Instant::now()) {
                     warn!(calls = endpoint.leg_count(), "shutdown grace period over; exiting with calls still up");
                     break;
                 }
-                endpoint.handle_timeout(std::time::Instant::now());
+                let now = std::time::Instant::now();
+                endpoint.handle_timeout(now);
+                calls.handle_timeout(now, &mut endpoint);
             }
             _ = &mut shutdown, if stopping.is_none() => {
                 info!(calls = endpoint.leg_count(), "shutting down: hanging up every call");
@@ -150,7 +150,7 @@ pub async fn run(
                 }
             }
         }
-        app.drain(&mut endpoint).await;
+        io.drain(&mut endpoint, &mut calls).await;
         if stopping.is_some() && endpoint.leg_count() == 0 {
             info!("all calls ended; bye");
             break;
@@ -159,19 +159,16 @@ pub async fn run(
     Ok(())
 }
 
-/// The application side of the endpoint: media and call bookkeeping.
-struct App {
-    engine: Engine,
-    dtmf_mode: DtmfMode,
-    assets: Arc<Assets>,
-    calls: HashMap<LegId, CallCtx>,
+/// The signalling sockets: where the endpoint's transmits go.
+struct Io {
     tcp: TcpConnections,
     udp: Arc<tokio::net::UdpSocket>,
 }
 
-impl App {
-    /// Performs everything the endpoint queued, until it is quiet.
-    async fn drain(&mut self, endpoint: &mut Endpoint) {
+impl Io {
+    /// Performs everything the endpoint queued and hands its call events to `calls`, until
+    /// both are quiet.
+    async fn drain(&mut self, endpoint: &mut Endpoint, calls: &mut Calls) {
         loop {
             let mut progressed = false;
             while let Some(t) = endpoint.poll_transmit() {
@@ -192,115 +189,10 @@ impl App {
             }
             while let Some(ev) = endpoint.poll_event() {
                 progressed = true;
-                self.call_event(endpoint, ev);
+                calls.call_event(std::time::Instant::now(), ev, endpoint);
             }
             if !progressed {
                 break;
-            }
-        }
-    }
-
-    fn call_event(&mut self, endpoint: &mut Endpoint, ev: Event) {
-        let now = std::time::Instant::now();
-        match ev {
-            Event::Incoming { leg, call } => {
-                let from_user = call.from.uri.user.clone().unwrap_or_default();
-                let span = info_span!("call", leg = leg.0, call_id = %call.call_id, from_user = %from_user);
-                let signalling_ip = call.source.addr.ip();
-                span.in_scope(|| {
-                    info!(to = %call.request_uri, source = %call.source.addr, anonymous = call.anonymous, "incoming call")
-                });
-                match self.engine.open(SessionId(leg.0)) {
-                    Ok(port) => {
-                        let digits = DigitStream::new(self.dtmf_mode, None);
-                        self.calls.insert(
-                            leg,
-                            CallCtx {
-                                span,
-                                signalling_ip,
-                                digits,
-                            },
-                        );
-                        endpoint.accept(now, leg, port);
-                    }
-                    Err(e) => {
-                        span.in_scope(|| warn!(error = %e, "no media port; rejecting"));
-                        endpoint.reject(now, leg, 503, "Service Unavailable");
-                    }
-                }
-            }
-            Event::Media { leg, negotiated } => {
-                let Some(ctx) = self.calls.get_mut(&leg) else {
-                    return;
-                };
-                ctx.digits.set_telephone_event(negotiated.telephone_event);
-                ctx.span.in_scope(|| info!(codec = ?negotiated.codec, remote = ?negotiated.remote, direction = ?negotiated.direction, dtmf_pt = ?negotiated.telephone_event, "media negotiated"));
-                let params = MediaParams {
-                    remote: negotiated.remote,
-                    signalling_ip: ctx.signalling_ip,
-                    codec: negotiated.codec,
-                    payload_type: negotiated.payload_type,
-                    telephone_event: negotiated.telephone_event,
-                    direction: negotiated.direction,
-                    inband_dtmf: ctx.digits.wants_inband(),
-                };
-                if let Err(e) = self.engine.configure(SessionId(leg.0), params) {
-                    ctx.span
-                        .in_scope(|| warn!(error = %e, "media configure failed"));
-                }
-            }
-            Event::Confirmed { leg } => {
-                let Some(ctx) = self.calls.get(&leg) else {
-                    return;
-                };
-                ctx.span.in_scope(|| info!("call up; playing greeting"));
-                let greeting = self.assets.clip(Sound::Greeting).clone();
-                if let Err(e) = self.engine.play(SessionId(leg.0), greeting, PlayMode::Once) {
-                    ctx.span
-                        .in_scope(|| warn!(error = %e, "cannot play greeting"));
-                }
-            }
-            Event::InfoDigit { leg, key, at } => {
-                if let Some(ctx) = self.calls.get_mut(&leg) {
-                    ctx.digits.handle_info(at, key);
-                    ctx.drain_digits();
-                }
-            }
-            Event::Ended { leg, reason } => {
-                self.engine.close(SessionId(leg.0));
-                if let Some(ctx) = self.calls.remove(&leg) {
-                    ctx.span.in_scope(|| info!(?reason, "call ended"));
-                }
-            }
-        }
-    }
-
-    fn media_event(&mut self, endpoint: &mut Endpoint, ev: MediaEvent) {
-        match ev {
-            MediaEvent::RtpTimeout(SessionId(id)) => {
-                let leg = LegId(id);
-                if let Some(ctx) = self.calls.get(&leg) {
-                    let span = ctx.span.clone();
-                    span.in_scope(|| info!("no RTP received; hanging up"));
-                }
-                endpoint.hangup(std::time::Instant::now(), leg);
-            }
-            MediaEvent::Digit {
-                session: SessionId(id),
-                digit,
-            } => {
-                if let Some(ctx) = self.calls.get_mut(&LegId(id)) {
-                    ctx.digits.handle(digit);
-                    ctx.drain_digits();
-                }
-            }
-            MediaEvent::PlaybackFinished {
-                session: SessionId(id),
-                clip,
-            } => {
-                if let Some(ctx) = self.calls.get(&LegId(id)) {
-                    ctx.span.in_scope(|| debug!(%clip, "playback finished"));
-                }
             }
         }
     }

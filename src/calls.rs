@@ -1,0 +1,574 @@
+//! The application side of every call: it takes the endpoint's call events, the media
+//! engine's events and the results of blocking store work, feeds them to each call's IVR
+//! [`Flow`], its [`DigitStream`] and the shared [`Bridge`], and carries out what those
+//! sans-IO machines ask for — media commands, store look-ups on the blocking pool, BYEs.
+//!
+//! It decides nothing itself: the IVR owns the caller's journey, the bridge owns who is in
+//! which lobby or meeting, the store owns PINs and lockouts. Everything here runs on the one
+//! signalling task; store work (sled, argon2) goes to `spawn_blocking` and comes back as a
+//! [`Job`] through a channel, so signalling never waits on storage.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::{Span, debug, info, info_span, warn};
+
+use crate::audio::{Assets, Sound};
+use crate::bridge::{self, Admission, Bridge, Caller, Rules};
+use crate::ivr::{self, CallFacts, ConferenceFacts, Flow, IvrConfig, PinResult};
+use crate::media::dtmf::stream::{DigitStream, DtmfMode};
+use crate::media::engine::{Engine, MediaEvent, MediaParams, SessionId};
+use crate::media::player::PlayMode;
+use crate::pin::{Pepper, Pin};
+use crate::sip::endpoint::{Endpoint, Event, LegId};
+use crate::store::{ConferenceId, FailureOutcome, PinCheck, Store};
+
+/// The result of store work done on the blocking pool, for the call that asked.
+#[derive(Debug)]
+pub enum Job {
+    Lookup {
+        leg: LegId,
+        conference: ConferenceId,
+        found: Result<Option<Found>, String>,
+    },
+    Pin {
+        leg: LegId,
+        result: PinResult,
+    },
+}
+
+/// What a conference look-up found: the facts the IVR needs and the rules for the bridge.
+#[derive(Debug, Clone, Copy)]
+pub struct Found {
+    requires_pin: bool,
+    pin_locked: bool,
+    allow_anonymous_start: bool,
+}
+
+/// Everything a live call has beyond what the endpoint keeps.
+struct Call {
+    span: Span,
+    signalling_ip: IpAddr,
+    anonymous: bool,
+    dialed: Option<ConferenceId>,
+    /// The call's one stream of key presses, merged from RFC 4733, INFO and in-band.
+    digits: DigitStream,
+    /// Created when the call is confirmed (ACK); `None` before.
+    flow: Option<Flow>,
+    /// The rules of the conference the IVR looked up last, for the bridge.
+    rules: Option<Rules>,
+    /// What the call is hearing, to match the engine's "playback finished" to a `Sound`.
+    playing: Option<Sound>,
+}
+
+/// The per-process application state.
+pub struct Calls {
+    engine: Engine,
+    assets: Arc<Assets>,
+    store: Arc<Store>,
+    pepper: Arc<Pepper>,
+    dtmf_mode: DtmfMode,
+    ivr: IvrConfig,
+    bridge: Bridge,
+    calls: HashMap<LegId, Call>,
+    /// IVR wake-ups; stale entries are harmless (a flow ignores an early `handle_timeout`).
+    timers: BinaryHeap<Reverse<(Instant, LegId)>>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Calls {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        engine: Engine,
+        assets: Arc<Assets>,
+        store: Arc<Store>,
+        pepper: Arc<Pepper>,
+        dtmf_mode: DtmfMode,
+        ivr: IvrConfig,
+        bridge: bridge::BridgeConfig,
+        jobs: mpsc::UnboundedSender<Job>,
+    ) -> Calls {
+        Calls {
+            engine,
+            assets,
+            store,
+            pepper,
+            dtmf_mode,
+            ivr,
+            bridge: Bridge::new(bridge),
+            calls: HashMap::new(),
+            timers: BinaryHeap::new(),
+            jobs,
+        }
+    }
+
+    /// The next time `handle_timeout` has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let flows = self.timers.peek().map(|Reverse((at, _))| *at);
+        [flows, self.bridge.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        // Bounded: a flow whose deadline did not move would otherwise spin here.
+        for _ in 0..100_000 {
+            let Some(Reverse((at, leg))) = self.timers.peek().cloned() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(flow) = self.flow(leg) {
+                flow.handle_timeout(now);
+                self.run_flow(now, leg, endpoint);
+            }
+        }
+        if self.bridge.poll_timeout().is_some_and(|at| at <= now) {
+            self.bridge.handle_timeout(now);
+            self.run_bridge(now, endpoint);
+        }
+    }
+
+    /// A call event from the endpoint.
+    pub fn call_event(&mut self, now: Instant, ev: Event, endpoint: &mut Endpoint) {
+        match ev {
+            Event::Incoming { leg, call } => {
+                let from_user = call.from.uri.user.clone().unwrap_or_default();
+                let span = info_span!("call", leg = leg.0, call_id = %call.call_id, from_user = %from_user);
+                span.in_scope(|| {
+                    info!(to = %call.request_uri, source = %call.source.addr, anonymous = call.anonymous, "incoming call")
+                });
+                let port = match self.engine.open(SessionId(leg.0)) {
+                    Ok(port) => port,
+                    Err(e) => {
+                        span.in_scope(|| warn!(error = %e, "no media port; rejecting"));
+                        endpoint.reject(now, leg, 503, "Service Unavailable");
+                        return;
+                    }
+                };
+                let dialed = call
+                    .request_uri
+                    .user_unescaped()
+                    .and_then(|u| ConferenceId::parse(&u));
+                self.calls.insert(
+                    leg,
+                    Call {
+                        span,
+                        signalling_ip: call.source.addr.ip(),
+                        anonymous: call.anonymous,
+                        dialed,
+                        digits: DigitStream::new(self.dtmf_mode, None),
+                        flow: None,
+                        rules: None,
+                        playing: None,
+                    },
+                );
+                endpoint.accept(now, leg, port);
+            }
+            Event::Media { leg, negotiated } => {
+                let Some(call) = self.calls.get_mut(&leg) else {
+                    return;
+                };
+                call.digits.set_telephone_event(negotiated.telephone_event);
+                call.span.in_scope(|| info!(codec = ?negotiated.codec, remote = ?negotiated.remote, direction = ?negotiated.direction, dtmf_pt = ?negotiated.telephone_event, "media negotiated"));
+                let params = MediaParams {
+                    remote: negotiated.remote,
+                    signalling_ip: call.signalling_ip,
+                    codec: negotiated.codec,
+                    payload_type: negotiated.payload_type,
+                    telephone_event: negotiated.telephone_event,
+                    direction: negotiated.direction,
+                    inband_dtmf: call.digits.wants_inband(),
+                };
+                if let Err(e) = self.engine.configure(SessionId(leg.0), params) {
+                    call.span
+                        .in_scope(|| warn!(error = %e, "media configure failed"));
+                }
+            }
+            Event::Confirmed { leg } => {
+                let Some(call) = self.calls.get_mut(&leg) else {
+                    return;
+                };
+                call.span.in_scope(|| info!("call up"));
+                let facts = CallFacts {
+                    dialed: call.dialed.clone(),
+                    anonymous: call.anonymous,
+                };
+                call.flow = Some(Flow::new(now, self.ivr.clone(), facts));
+                self.run_flow(now, leg, endpoint);
+            }
+            Event::InfoDigit { leg, key, at } => {
+                if let Some(call) = self.calls.get_mut(&leg) {
+                    call.digits.handle_info(at, key);
+                    self.drain_digits(now, leg, endpoint);
+                }
+            }
+            Event::Ended { leg, reason } => {
+                self.engine.close(SessionId(leg.0));
+                if let Some(call) = self.calls.remove(&leg) {
+                    let state = call.flow.as_ref().map_or("answering", Flow::state_name);
+                    call.span
+                        .in_scope(|| info!(?reason, last_state = state, "call ended"));
+                }
+                if self.bridge.leave(now, leg) {
+                    self.run_bridge(now, endpoint);
+                }
+            }
+        }
+    }
+
+    /// An event from the media engine.
+    pub fn media_event(&mut self, now: Instant, ev: MediaEvent, endpoint: &mut Endpoint) {
+        match ev {
+            MediaEvent::RtpTimeout(SessionId(id)) => {
+                let leg = LegId(id);
+                if let Some(call) = self.calls.get(&leg) {
+                    call.span.in_scope(|| info!("no RTP received; hanging up"));
+                }
+                endpoint.hangup(now, leg);
+            }
+            MediaEvent::Digit {
+                session: SessionId(id),
+                digit,
+            } => {
+                let leg = LegId(id);
+                if let Some(call) = self.calls.get_mut(&leg) {
+                    call.digits.handle(digit);
+                    self.drain_digits(now, leg, endpoint);
+                }
+            }
+            MediaEvent::PlaybackFinished {
+                session: SessionId(id),
+                clip,
+            } => {
+                let leg = LegId(id);
+                let Some(call) = self.calls.get_mut(&leg) else {
+                    return;
+                };
+                let Some(sound) = call.playing.filter(|s| s.stem() == clip) else {
+                    return;
+                };
+                call.playing = None;
+                if let Some(flow) = call.flow.as_mut() {
+                    flow.handle_playback_finished(now, sound);
+                    self.run_flow(now, leg, endpoint);
+                }
+            }
+        }
+    }
+
+    /// Store work finished on the blocking pool.
+    pub fn job_done(&mut self, now: Instant, job: Job, endpoint: &mut Endpoint) {
+        match job {
+            Job::Lookup {
+                leg,
+                conference,
+                found,
+            } => {
+                let started = self.bridge.is_started(&conference);
+                let Some(call) = self.calls.get_mut(&leg) else {
+                    return;
+                };
+                let facts = match found {
+                    Ok(Some(f)) => {
+                        call.rules = Some(Rules {
+                            requires_pin: f.requires_pin,
+                            allow_anonymous_start: f.allow_anonymous_start,
+                        });
+                        Some(ConferenceFacts {
+                            id: conference,
+                            requires_pin: f.requires_pin,
+                            started,
+                            pin_locked: f.pin_locked,
+                        })
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        // A store failure must not strand the caller: treat as unknown.
+                        call.span
+                            .in_scope(|| warn!(error = %e, "conference look-up failed"));
+                        None
+                    }
+                };
+                if let Some(flow) = call.flow.as_mut() {
+                    flow.handle_lookup(now, facts);
+                    self.run_flow(now, leg, endpoint);
+                }
+            }
+            Job::Pin { leg, result } => {
+                if let Some(flow) = self.flow(leg) {
+                    flow.handle_pin_result(now, result);
+                    self.run_flow(now, leg, endpoint);
+                }
+            }
+        }
+    }
+
+    /// Live calls, for logs and shutdown.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    fn flow(&mut self, leg: LegId) -> Option<&mut Flow> {
+        self.calls.get_mut(&leg).and_then(|c| c.flow.as_mut())
+    }
+
+    /// Key presses go to the IVR only, never relayed. They are logged (at debug) only while
+    /// they cannot be part of a PIN; during PIN entry the log shows `key=*****`.
+    fn drain_digits(&mut self, now: Instant, leg: LegId, endpoint: &mut Endpoint) {
+        let Some(call) = self.calls.get_mut(&leg) else {
+            return;
+        };
+        let mut any = false;
+        while let Some(d) = call.digits.poll_digit() {
+            let secret = call.flow.as_ref().is_some_and(Flow::keys_are_secret);
+            let shown: &dyn std::fmt::Display = if secret { &crate::pin::MASK } else { &d.key };
+            call.span
+                .in_scope(|| debug!(key = %shown, method = ?d.method, "dtmf digit"));
+            if let Some(flow) = call.flow.as_mut() {
+                flow.handle_key(now, d.key);
+                any = true;
+            }
+        }
+        if any {
+            self.run_flow(now, leg, endpoint);
+        }
+    }
+
+    /// Carries out what a call's IVR asks for, until it asks for nothing more.
+    fn run_flow(&mut self, now: Instant, leg: LegId, endpoint: &mut Endpoint) {
+        for _ in 0..64 {
+            let Some(action) = self.flow(leg).and_then(Flow::poll_action) else {
+                break;
+            };
+            self.flow_action(now, leg, action, endpoint);
+        }
+        if let Some(at) = self.flow(leg).and_then(|f| f.poll_timeout()) {
+            self.timers.push(Reverse((at, leg)));
+        }
+    }
+
+    fn flow_action(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        action: ivr::Action,
+        endpoint: &mut Endpoint,
+    ) {
+        let session = SessionId(leg.0);
+        match action {
+            ivr::Action::Play(sound, mode) => self.play(now, leg, sound, mode),
+            ivr::Action::StopPlayback => {
+                if let Some(call) = self.calls.get_mut(&leg) {
+                    call.playing = None;
+                }
+                let _ = self.engine.stop_playback(session);
+            }
+            ivr::Action::Lookup(conference) => {
+                let store = self.store.clone();
+                let jobs = self.jobs.clone();
+                tokio::task::spawn_blocking(move || {
+                    let found = lookup(&store, &conference).map_err(|e| e.to_string());
+                    let _ = jobs.send(Job::Lookup {
+                        leg,
+                        conference,
+                        found,
+                    });
+                });
+            }
+            ivr::Action::Join(conference) => self.admit(now, leg, &conference, endpoint),
+            ivr::Action::Admit { conference, .. } => self.admit(now, leg, &conference, endpoint),
+            ivr::Action::EnterLobby(conference) => self.admit(now, leg, &conference, endpoint),
+            ivr::Action::VerifyPin { conference, pin } => self.verify_pin(leg, conference, pin),
+            ivr::Action::StartMeeting(conference) => {
+                let admission = self.bridge.start(now, &conference, leg);
+                self.admitted(now, leg, admission);
+                self.run_bridge(now, endpoint);
+            }
+            ivr::Action::SetMuted(muted) => {
+                if self.bridge.set_muted(now, leg, muted) {
+                    self.run_bridge(now, endpoint);
+                }
+            }
+            ivr::Action::Hangup(cause) => {
+                if let Some(call) = self.calls.get(&leg) {
+                    call.span.in_scope(|| info!(?cause, "IVR hangs up"));
+                }
+                endpoint.hangup(now, leg);
+                if self.bridge.leave(now, leg) {
+                    self.run_bridge(now, endpoint);
+                }
+            }
+        }
+    }
+
+    fn play(&mut self, now: Instant, leg: LegId, sound: Sound, mode: PlayMode) {
+        let clip = self.assets.clip(sound).clone();
+        let ok = self.engine.play(SessionId(leg.0), clip, mode).is_ok();
+        let Some(call) = self.calls.get_mut(&leg) else {
+            return;
+        };
+        call.playing = Some(sound);
+        if !ok {
+            // Nothing will report this prompt finished: say so now, so the IVR moves on.
+            call.playing = None;
+            if let Some(flow) = call.flow.as_mut() {
+                flow.handle_playback_finished(now, sound);
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        conference: &ConferenceId,
+        endpoint: &mut Endpoint,
+    ) {
+        let Some(call) = self.calls.get(&leg) else {
+            return;
+        };
+        let caller = Caller {
+            anonymous: call.anonymous,
+        };
+        // A conference always comes through a look-up first; strict rules if it somehow did not.
+        let rules = call.rules.unwrap_or(Rules {
+            requires_pin: true,
+            allow_anonymous_start: false,
+        });
+        let admission = self.bridge.admit(now, leg, conference, caller, rules);
+        self.admitted(now, leg, admission);
+        self.run_bridge(now, endpoint);
+    }
+
+    /// Tells the IVR where the bridge put the caller. Joining the mix (and the IVR's
+    /// "in the meeting") follows from the bridge's `JoinMix` action.
+    fn admitted(&mut self, now: Instant, leg: LegId, admission: Admission) {
+        let Some(flow) = self.flow(leg) else {
+            return;
+        };
+        match admission {
+            Admission::Lobby { .. } => flow.handle_lobby(now),
+            Admission::Full => flow.handle_meeting_full(now),
+            Admission::Started { .. } | Admission::Joined { .. } | Admission::AlreadyIn { .. } => {}
+        }
+    }
+
+    fn verify_pin(&mut self, leg: LegId, conference: ConferenceId, pin: Pin) {
+        let Some(call) = self.calls.get(&leg) else {
+            return;
+        };
+        call.span
+            .in_scope(|| info!(%conference, pin_len = pin.len(), "verifying organizer PIN"));
+        let source = call.signalling_ip;
+        let (store, pepper, jobs) = (self.store.clone(), self.pepper.clone(), self.jobs.clone());
+        // argon2 takes tens of milliseconds: never on the signalling task.
+        tokio::task::spawn_blocking(move || {
+            let check =
+                store.check_organizer_pin(&conference, &pin, &pepper, source, SystemTime::now());
+            let result = match check {
+                Ok(PinCheck::Verified(_)) => PinResult::Verified,
+                Ok(PinCheck::Wrong(FailureOutcome::Counted { .. })) => PinResult::Wrong,
+                Ok(PinCheck::Wrong(_)) | Ok(PinCheck::Locked { .. }) => PinResult::LockedOut,
+                Ok(PinCheck::UnknownConference) | Ok(PinCheck::Disabled) => PinResult::Wrong,
+                Err(e) => {
+                    warn!(%conference, error = %e, "PIN check failed in the store");
+                    PinResult::Wrong
+                }
+            };
+            let _ = jobs.send(Job::Pin { leg, result });
+        });
+    }
+
+    /// Carries out the bridge's actions.
+    fn run_bridge(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        let _ = endpoint;
+        while let Some(action) = self.bridge.poll_action() {
+            match action {
+                bridge::Action::MeetingStarted {
+                    meeting,
+                    conference,
+                } => info!(%conference, %meeting, "meeting started"),
+                // The IVR plays the lobby's hold music and every per-caller prompt itself.
+                bridge::Action::ToLobby { .. } | bridge::Action::Announce { .. } => {}
+                bridge::Action::JoinMix { leg, meeting } => {
+                    let conference = self.bridge.conference_of(leg).cloned();
+                    let participants = conference
+                        .as_ref()
+                        .map_or(0, |c| self.bridge.participants(c));
+                    if let Some(call) = self.calls.get(&leg) {
+                        call.span.in_scope(|| {
+                            info!(conference = ?conference.as_ref().map(ConferenceId::as_str), %meeting, participants, "joined the meeting")
+                        });
+                    }
+                    // TODO(mixer): engine.join_meeting(session, meeting) once the mixer lands.
+                    if let Some(flow) = self.flow(leg) {
+                        flow.handle_meeting_started(now);
+                    }
+                    self.run_flow_later(leg, now);
+                }
+                bridge::Action::LeaveMix { leg, meeting } => {
+                    debug!(leg = leg.0, %meeting, "left the mix");
+                }
+                bridge::Action::Tone {
+                    meeting,
+                    except,
+                    sound,
+                } => {
+                    debug!(%meeting, except = except.0, ?sound, "meeting tone");
+                }
+                bridge::Action::Muted { leg, muted } => {
+                    debug!(leg = leg.0, muted, "mute changed");
+                }
+                bridge::Action::End { leg } => {
+                    if let Some(flow) = self.flow(leg) {
+                        flow.handle_meeting_ended(now);
+                    }
+                    self.run_flow_later(leg, now);
+                }
+                bridge::Action::MeetingEnded {
+                    meeting,
+                    conference,
+                    reason,
+                } => info!(%conference, %meeting, ?reason, "meeting ended"),
+            }
+        }
+    }
+
+    /// Flows touched while the bridge is being drained run on the next wake-up (at once):
+    /// running them inline could re-enter the bridge mid-drain.
+    fn run_flow_later(&mut self, leg: LegId, now: Instant) {
+        self.timers.push(Reverse((now, leg)));
+    }
+}
+
+/// Reads what the IVR and the bridge need to know about a conference (blocking: sled).
+fn lookup(
+    store: &Store,
+    conference: &ConferenceId,
+) -> Result<Option<Found>, crate::store::StoreError> {
+    let Some(user) = store.user_by_conference(conference)? else {
+        return Ok(None);
+    };
+    if !user.enabled {
+        return Ok(None);
+    }
+    let settings = store.tenant_settings()?;
+    let pin_locked = store.pin_lockout(conference, SystemTime::now())?.is_some();
+    Ok(Some(Found {
+        requires_pin: user.requires_pin,
+        pin_locked,
+        allow_anonymous_start: settings.allow_anonymous_start,
+    }))
+}

@@ -1637,6 +1637,25 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_secret_exactly_while_a_pin_is_being_entered_or_checked() {
+        let mut h = Harness::at_id_prompt();
+        assert!(!h.flow.keys_are_secret(), "conference IDs are not secret");
+        let mut h = Harness::in_lobby(false);
+        assert!(!h.flow.keys_are_secret(), "the lobby's `*` is not secret");
+        h.keys("*");
+        assert!(h.flow.keys_are_secret(), "PIN entry");
+        h.keys(PIN);
+        h.keys("#");
+        assert!(h.flow.keys_are_secret(), "while verifying");
+        h.pin_result(PinResult::Verified);
+        h.meeting_started();
+        assert!(
+            !h.flow.keys_are_secret(),
+            "in-meeting commands are not secret"
+        );
+    }
+
+    #[test]
     fn star_during_the_organizer_prompt_starts_pin_entry() {
         let mut h = Harness::new(dialed());
         h.lookup(Some(facts(true, false, false)));

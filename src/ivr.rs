@@ -1638,7 +1638,7 @@ mod tests {
 
     #[test]
     fn keys_are_secret_exactly_while_a_pin_is_being_entered_or_checked() {
-        let mut h = Harness::at_id_prompt();
+        let h = Harness::at_id_prompt();
         assert!(!h.flow.keys_are_secret(), "conference IDs are not secret");
         let mut h = Harness::in_lobby(false);
         assert!(!h.flow.keys_are_secret(), "the lobby's `*` is not secret");

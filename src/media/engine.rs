@@ -19,6 +19,12 @@
 //! [`Engine::play`] / [`Engine::stop_playback`] → [`Engine::close`]. It hears back through
 //! [`MediaEvent`]s.
 //!
+//! Meetings: [`Engine::join_meeting`] moves a session to the worker that runs its meeting's
+//! [`Mixer`] (the first participant's), so a meeting's mix is one worker's business. Each
+//! tick that worker reads every socket, mixes each meeting once, then sends: a participant's
+//! audio is heard by the others in the frame after it arrived (plus one frame of lookahead
+//! when the call runs in-band DTMF detection, so a key press never reaches the mix).
+//!
 //! Hot path (DESIGN.md): per packet no allocation, no lock shared across calls, no syscall
 //! beyond the socket read or write. Locks are taken only by `open`/`close`/control calls.
 
@@ -39,6 +45,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::dtmf::goertzel::{InbandDetector, InbandEvent, samples_to_duration};
 use super::dtmf::rfc4733::EventReceiver;
 use super::dtmf::{Digit, DtmfMethod};
+use super::mixer::Mixer;
 use super::player::{Clip, PlayMode, Playback};
 use super::rtp::{
     FRAME_TIMESTAMP_STEP, Latch, MAX_PACKET_LEN, PortPool, PortPoolError, RtpPacket, RtpSender,
@@ -57,6 +64,14 @@ const MAX_DATAGRAMS_PER_TICK: usize = 32;
 const MAX_BIND_ATTEMPTS: usize = 16;
 /// Receive buffer per worker: larger than any RTP packet that fits an Ethernet MTU.
 const RECV_BUF_LEN: usize = 2048;
+/// Audio a meeting participant has sent and the mixer has not yet taken: three frames. A
+/// burst beyond it (a peer catching up after a stall) drops the oldest audio, so the delay a
+/// participant adds to the mix stays bounded.
+const MIX_BUFFER_SAMPLES: usize = 3 * FRAME_SAMPLES;
+/// After a participant's last sign of a key press (a telephone-event packet, or a tone the
+/// in-band detector is weighing), its audio stays out of the mix this long, so the others
+/// never hear its keypad.
+const KEY_PRESS_QUIET: Duration = Duration::from_millis(60);
 /// μ-law and A-law encodings of a zero sample (ITU-T G.711 tables).
 const SILENCE_PCMU: Frame = [0xFF; FRAME_SAMPLES];
 const SILENCE_PCMA: Frame = [0xD5; FRAME_SAMPLES];
@@ -157,6 +172,82 @@ pub struct CallMedia {
     telephone_events: EventReceiver,
     /// The in-band detector, while the call's DTMF mode wants one.
     inband: Option<Box<InbandDetector>>,
+    /// The call's port into a meeting's mix, while it is in one.
+    mix: Option<Box<MixPort>>,
+}
+
+/// What a meeting participant's call keeps for the mixer: the audio it sent, decoded, and
+/// the mixed frame it is to hear next.
+#[derive(Debug)]
+struct MixPort {
+    /// Decoded audio not yet mixed, oldest first (`len` samples).
+    buffer: [i16; MIX_BUFFER_SAMPLES],
+    len: usize,
+    /// Hold one frame back before mixing: when the in-band detector runs, a key press is
+    /// recognised as a candidate only some milliseconds into its tone, and the frame held
+    /// back is the one it started in. Costs one frame (20 ms) of delay, which is all the
+    /// mixing delay DESIGN allows, so only calls with in-band detection pay it.
+    lookahead: bool,
+    /// Audio stays out of the mix until then (a key press is going on).
+    quiet_until: Option<Instant>,
+    /// The mixer's frame for the next packet, in the call's codec.
+    out: Frame,
+    out_ready: bool,
+}
+
+impl MixPort {
+    fn new(lookahead: bool) -> Self {
+        MixPort {
+            buffer: [0; MIX_BUFFER_SAMPLES],
+            len: 0,
+            lookahead,
+            quiet_until: None,
+            out: [0; FRAME_SAMPLES],
+            out_ready: false,
+        }
+    }
+
+    /// Buffers `pcm`, as silence while a key press is going on, dropping the oldest audio
+    /// beyond the buffer.
+    fn push(&mut self, now: Instant, pcm: &[i16]) {
+        let quiet = self.quiet_until.is_some_and(|until| now < until);
+        let pcm = &pcm[pcm.len().saturating_sub(MIX_BUFFER_SAMPLES)..];
+        let overflow = (self.len + pcm.len()).saturating_sub(MIX_BUFFER_SAMPLES);
+        if overflow > 0 {
+            self.buffer.copy_within(overflow..self.len, 0);
+            self.len -= overflow;
+        }
+        let dst = &mut self.buffer[self.len..self.len + pcm.len()];
+        if quiet {
+            dst.fill(0);
+        } else {
+            dst.copy_from_slice(pcm);
+        }
+        self.len += pcm.len();
+    }
+
+    /// A key press is going on: silence what is buffered and what comes in the next
+    /// `KEY_PRESS_QUIET`.
+    fn key_press(&mut self, now: Instant) {
+        self.buffer[..self.len].fill(0);
+        self.quiet_until = Some(now + KEY_PRESS_QUIET);
+    }
+
+    /// The oldest frame of audio, if a whole one (and, with lookahead, one more) is there.
+    fn take(&mut self, out: &mut [i16; FRAME_SAMPLES]) -> bool {
+        let need = if self.lookahead {
+            2 * FRAME_SAMPLES
+        } else {
+            FRAME_SAMPLES
+        };
+        if self.len < need {
+            return false;
+        }
+        out.copy_from_slice(&self.buffer[..FRAME_SAMPLES]);
+        self.buffer.copy_within(FRAME_SAMPLES..self.len, 0);
+        self.len -= FRAME_SAMPLES;
+        true
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -180,6 +271,7 @@ impl CallMedia {
             stats: CallStats::default(),
             telephone_events: EventReceiver::new(),
             inband: None,
+            mix: None,
         }
     }
 
@@ -208,6 +300,45 @@ impl CallMedia {
             (true, false) => self.inband = Some(Box::default()),
             (false, true) => self.inband = None,
             _ => {}
+        }
+        if let Some(mix) = &mut self.mix {
+            mix.lookahead = params.inband_dtmf;
+        }
+    }
+
+    /// Connects the call to a meeting's mix: from now on its audio is buffered for
+    /// [`CallMedia::take_mix_input`], and when no prompt plays it sends what
+    /// [`CallMedia::set_mix_output`] gave it (silence when the mixer gave nothing).
+    pub fn join_mix(&mut self) {
+        if self.mix.is_none() {
+            let lookahead = self
+                .negotiated
+                .as_ref()
+                .is_some_and(|n| n.params.inband_dtmf);
+            self.mix = Some(Box::new(MixPort::new(lookahead)));
+        }
+    }
+
+    /// Disconnects the call from the mix: silence (or prompts) again.
+    pub fn leave_mix(&mut self) {
+        self.mix = None;
+    }
+
+    pub fn in_mix(&self) -> bool {
+        self.mix.is_some()
+    }
+
+    /// The call's next frame of audio for the mixer, decoded; false when it has none due
+    /// (lost or late packets, hold, not in a mix).
+    pub fn take_mix_input(&mut self, out: &mut [i16; FRAME_SAMPLES]) -> bool {
+        self.mix.as_mut().is_some_and(|mix| mix.take(out))
+    }
+
+    /// The mixed frame the call sends next (in its codec), unless a prompt is playing.
+    pub fn set_mix_output(&mut self, frame: &Frame) {
+        if let Some(mix) = &mut self.mix {
+            mix.out = *frame;
+            mix.out_ready = true;
         }
     }
 
@@ -345,13 +476,27 @@ impl CallMedia {
         let payload_type = packet.header.payload_type;
         if payload_type == negotiated.params.payload_type {
             self.stats.audio_received += 1;
-            if let Some(detector) = &mut self.inband {
-                let codec = negotiated.params.codec;
-                let mut pcm = [0i16; FRAME_SAMPLES];
-                for chunk in packet.payload.chunks(FRAME_SAMPLES) {
-                    g711::decode(codec, chunk, &mut pcm[..chunk.len()]);
-                    detector.handle_samples(&pcm[..chunk.len()]);
+            if self.inband.is_none() && self.mix.is_none() {
+                return;
+            }
+            let codec = negotiated.params.codec;
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            for chunk in packet.payload.chunks(FRAME_SAMPLES) {
+                let pcm = &mut pcm[..chunk.len()];
+                g711::decode(codec, chunk, pcm);
+                let mut tone = false;
+                if let Some(detector) = &mut self.inband {
+                    detector.handle_samples(pcm);
+                    tone = detector.tone_suspected();
                 }
+                if let Some(mix) = &mut self.mix {
+                    if tone {
+                        mix.key_press(now);
+                    }
+                    mix.push(now, pcm);
+                }
+            }
+            if let Some(detector) = &mut self.inband {
                 while let Some(event) = detector.poll_event() {
                     if let InbandEvent::Pressed { key, start_sample } = event {
                         // The tone began this many samples before the detector's clock.
@@ -365,6 +510,9 @@ impl CallMedia {
             }
         } else if Some(payload_type) == negotiated.params.telephone_event {
             self.stats.telephone_events_received += 1;
+            if let Some(mix) = &mut self.mix {
+                mix.key_press(now);
+            }
             if self.telephone_events.handle_rtp(now, packet).is_err() {
                 self.stats.malformed += 1;
             }
@@ -404,10 +552,18 @@ impl CallMedia {
         pt: PayloadType,
         buf: &mut [u8; MAX_PACKET_LEN],
     ) -> usize {
+        let mixed = match &mut self.mix {
+            Some(mix) if mix.out_ready => {
+                mix.out_ready = false;
+                Some(&mix.out)
+            }
+            _ => None,
+        };
         let frame = self
             .playback
             .as_mut()
             .and_then(|p| p.next_frame(codec))
+            .or(mixed)
             .unwrap_or(match codec {
                 Codec::Pcmu => &SILENCE_PCMU,
                 Codec::Pcma => &SILENCE_PCMA,
@@ -505,15 +661,30 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     pool: Arc<Mutex<PortPool>>,
     routes: Mutex<HashMap<SessionId, Route>>,
+    /// The worker each meeting's mix runs on, and how many sessions are in it.
+    meetings: Mutex<HashMap<MixId, MeetingRoute>>,
     workers: Vec<WorkerHandle>,
     next_worker: AtomicUsize,
 }
 
-/// Where an open session lives.
+/// A meeting's mix, named by signalling (the bridge's meeting id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MixId(pub u64);
+
+/// Where an open session lives. `worker` is its home: commands for it always go there, and
+/// a home worker that handed the session to a meeting's worker forwards them (the channels
+/// keep order, so a command never overtakes the session it is about).
 #[derive(Clone, Copy, Debug)]
 struct Route {
     worker: usize,
     port: u16,
+    meeting: Option<MixId>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MeetingRoute {
+    worker: usize,
+    members: usize,
 }
 
 struct WorkerHandle {
@@ -543,6 +714,49 @@ enum Command {
     Close {
         id: SessionId,
     },
+    /// Put the session in `meeting`'s mix, which runs on `worker` (moving the session there
+    /// first if it lives elsewhere).
+    Join {
+        id: SessionId,
+        meeting: MixId,
+        worker: usize,
+    },
+    Leave {
+        id: SessionId,
+    },
+    SetMuted {
+        id: SessionId,
+        muted: bool,
+    },
+    /// A session handed over by another worker; the `Join` that caused it follows.
+    Adopt {
+        id: SessionId,
+        session: Box<Session>,
+    },
+    /// Sent to the meeting's worker directly.
+    Tone {
+        meeting: MixId,
+        clip: Arc<Clip>,
+        except: SessionId,
+    },
+}
+
+impl Command {
+    /// The session a command is about (all but `Tone`).
+    fn session(&self) -> Option<SessionId> {
+        match self {
+            Command::Open { id, .. }
+            | Command::Configure { id, .. }
+            | Command::Play { id, .. }
+            | Command::StopPlayback { id }
+            | Command::Close { id }
+            | Command::Join { id, .. }
+            | Command::Leave { id }
+            | Command::SetMuted { id, .. }
+            | Command::Adopt { id, .. } => Some(*id),
+            Command::Tone { .. } => None,
+        }
+    }
 }
 
 impl Engine {
@@ -561,11 +775,22 @@ impl Engine {
             PortPoolError::Exhausted { .. } => MediaError::PortsExhausted,
         })?;
         let pool = Arc::new(Mutex::new(pool));
-        let workers = (0..cfg.workers)
-            .map(|index| {
-                let (commands, rx) = mpsc::unbounded_channel();
+        let channels: Vec<_> = (0..cfg.workers)
+            .map(|_| mpsc::unbounded_channel())
+            .collect();
+        // Weak, so that dropping the engine still closes every worker's channel.
+        let peers: Vec<_> = channels.iter().map(|(tx, _)| tx.downgrade()).collect();
+        let workers = channels
+            .into_iter()
+            .enumerate()
+            .map(|(index, (commands, rx))| {
                 let counters = Arc::new(WorkerCounters::default());
                 let worker = Worker {
+                    index,
+                    peers: peers.clone(),
+                    forward: HashMap::new(),
+                    meetings: HashMap::new(),
+                    mix_in: [0; FRAME_SAMPLES],
                     sessions: HashMap::new(),
                     rtp_timeout: cfg.rtp_timeout,
                     ipv6_sockets: cfg.bind_ip.is_ipv6(),
@@ -589,6 +814,7 @@ impl Engine {
                 runtime,
                 pool,
                 routes: Mutex::new(HashMap::new()),
+                meetings: Mutex::new(HashMap::new()),
                 workers,
                 next_worker: AtomicUsize::new(0),
             }),
@@ -625,7 +851,14 @@ impl Engine {
             lock(&self.shared.pool).release(port);
             return Err(MediaError::WorkerStopped(worker));
         }
-        routes.insert(id, Route { worker, port });
+        routes.insert(
+            id,
+            Route {
+                worker,
+                port,
+                meeting: None,
+            },
+        );
         debug!(session = id.0, port, worker, "media session open");
         Ok(port)
     }
@@ -652,12 +885,107 @@ impl Engine {
         let Some(route) = lock(&self.shared.routes).remove(&id) else {
             return;
         };
+        if let Some(meeting) = route.meeting {
+            self.meeting_left(meeting);
+        }
         let worker = &self.shared.workers[route.worker];
         if worker.commands.send(Command::Close { id }).is_err() {
             // The worker is gone, and its sockets with it.
             lock(&self.shared.pool).release(route.port);
         }
         debug!(session = id.0, port = route.port, "media session closed");
+    }
+
+    /// Connects the session to `meeting`'s mix (made on the first join): it hears the
+    /// others and they hear it, N−1, from the next frame. All of a meeting's sessions are
+    /// moved to one worker, so the mix needs no lock or hand-off between workers. A session
+    /// already in another meeting's mix leaves it first.
+    pub fn join_meeting(&self, id: SessionId, meeting: MixId) -> Result<(), MediaError> {
+        let mut routes = lock(&self.shared.routes);
+        let route = routes.get_mut(&id).ok_or(MediaError::UnknownSession(id))?;
+        if route.meeting == Some(meeting) {
+            return Ok(());
+        }
+        let old = route.meeting.replace(meeting);
+        let home = route.worker;
+        let worker = {
+            let mut meetings = lock(&self.shared.meetings);
+            let entry = meetings.entry(meeting).or_insert(MeetingRoute {
+                worker: home,
+                members: 0,
+            });
+            entry.members += 1;
+            entry.worker
+        };
+        drop(routes);
+        if let Some(old) = old {
+            self.meeting_left(old);
+        }
+        self.send(
+            home,
+            Command::Join {
+                id,
+                meeting,
+                worker,
+            },
+        )
+    }
+
+    /// Takes the session out of its meeting's mix: silence (or prompts) again.
+    pub fn leave_meeting(&self, id: SessionId) -> Result<(), MediaError> {
+        let (home, meeting) = {
+            let mut routes = lock(&self.shared.routes);
+            let route = routes.get_mut(&id).ok_or(MediaError::UnknownSession(id))?;
+            (route.worker, route.meeting.take())
+        };
+        if let Some(meeting) = meeting {
+            self.meeting_left(meeting);
+            self.send(home, Command::Leave { id })?;
+        }
+        Ok(())
+    }
+
+    /// A muted session still hears its meeting; nobody hears it.
+    pub fn set_muted(&self, id: SessionId, muted: bool) -> Result<(), MediaError> {
+        self.command(id, Command::SetMuted { id, muted })
+    }
+
+    /// Plays `clip` once into `meeting`'s mix, heard by all but `except` (join and leave
+    /// tones). Nothing happens if nobody is in the meeting's mix.
+    pub fn play_tone(&self, meeting: MixId, clip: Arc<Clip>, except: SessionId) {
+        let worker = lock(&self.shared.meetings).get(&meeting).map(|m| m.worker);
+        if let Some(worker) = worker {
+            let _ = self.send(
+                worker,
+                Command::Tone {
+                    meeting,
+                    clip,
+                    except,
+                },
+            );
+        }
+    }
+
+    /// Meetings with a mix in the engine.
+    pub fn meetings(&self) -> usize {
+        lock(&self.shared.meetings).len()
+    }
+
+    fn meeting_left(&self, meeting: MixId) {
+        let mut meetings = lock(&self.shared.meetings);
+        if let Some(entry) = meetings.get_mut(&meeting) {
+            entry.members -= 1;
+            if entry.members == 0 {
+                meetings.remove(&meeting);
+            }
+        }
+    }
+
+    fn send(&self, worker: usize, command: Command) -> Result<(), MediaError> {
+        self.shared.workers[worker]
+            .commands
+            .send(command)
+            .map_err(|_| MediaError::WorkerStopped(worker))
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -677,9 +1005,8 @@ impl Engine {
         stats
     }
 
-    /// Which worker a new session goes to: round-robin for now. Meetings will want all their
-    /// participants on one worker (the mixer then needs no cross-worker hand-off); that
-    /// choice belongs here.
+    /// Which worker a new session goes to: round-robin. A session that joins a meeting moves
+    /// to the meeting's worker (see [`Engine::join_meeting`]).
     fn assign_worker(&self, _id: SessionId) -> usize {
         self.shared.next_worker.fetch_add(1, Ordering::Relaxed) % self.shared.workers.len()
     }
@@ -775,8 +1102,17 @@ impl Tally {
     }
 }
 
-/// A worker task: its calls, their sockets, and its clock.
+/// A worker task: its calls, their sockets, the mixes of its meetings, and its clock.
 struct Worker {
+    index: usize,
+    /// Every worker's command channel (this one's included), to hand sessions over.
+    peers: Vec<mpsc::WeakUnboundedSender<Command>>,
+    /// Sessions whose home this is but that live on another worker now (in a meeting
+    /// there): their commands are passed on, in order.
+    forward: HashMap<SessionId, usize>,
+    meetings: HashMap<MixId, Mixer>,
+    /// Scratch for one participant's frame on its way into a mix.
+    mix_in: [i16; FRAME_SAMPLES],
     sessions: HashMap<SessionId, Session>,
     rtp_timeout: Duration,
     /// Sockets are IPv6 (dual-stack): IPv4 destinations are sent to as IPv4-mapped.
@@ -792,6 +1128,7 @@ struct Session {
     media: CallMedia,
     socket: UdpSocket,
     port: u16,
+    meeting: Option<MixId>,
     /// False until the session has been through one tick. tokio only learns that a new
     /// socket is writable when its driver next turns, and until then `try_send_to` fails
     /// without trying; the next tick comes after such a turn, so a call's first packet
@@ -822,6 +1159,18 @@ impl Worker {
     }
 
     fn apply(&mut self, now: Instant, command: Command) {
+        if let Some(id) = command.session() {
+            if let Command::Adopt { .. } = command {
+                // Back home (or here for the first time): handle its commands here again.
+                self.forward.remove(&id);
+            } else if let Some(&to) = self.forward.get(&id) {
+                if let Command::Close { .. } = command {
+                    self.forward.remove(&id);
+                }
+                self.pass_on(to, command);
+                return;
+            }
+        }
         match command {
             Command::Open {
                 id,
@@ -834,6 +1183,7 @@ impl Worker {
                     media,
                     socket,
                     port,
+                    meeting: None,
                     writable: false,
                 };
                 if let Some(old) = self.sessions.insert(id, session) {
@@ -844,6 +1194,9 @@ impl Worker {
             Command::Configure { id, params } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.media.configure(now, params);
+                    if let Some(mixer) = s.meeting.and_then(|m| self.meetings.get_mut(&m)) {
+                        mixer.set_codec(id.0, params.codec);
+                    }
                 }
             }
             Command::Play { id, clip, mode } => {
@@ -857,18 +1210,104 @@ impl Worker {
                 }
             }
             Command::Close { id } => {
-                if let Some(session) = self.sessions.remove(&id) {
+                if let Some(mut session) = self.sessions.remove(&id) {
+                    self.leave_mix(id, &mut session);
                     drop(session.socket);
                     lock(&self.pool).release(session.port);
                 }
             }
+            Command::Join {
+                id,
+                meeting,
+                worker,
+            } => {
+                let Some(mut session) = self.sessions.remove(&id) else {
+                    return;
+                };
+                self.leave_mix(id, &mut session);
+                if worker != self.index {
+                    self.forward.insert(id, worker);
+                    let session = Box::new(session);
+                    self.pass_on(worker, Command::Adopt { id, session });
+                    self.pass_on(
+                        worker,
+                        Command::Join {
+                            id,
+                            meeting,
+                            worker,
+                        },
+                    );
+                    return;
+                }
+                let codec = session.media.params().map_or(Codec::Pcmu, |p| p.codec);
+                self.meetings.entry(meeting).or_default().add(id.0, codec);
+                session.media.join_mix();
+                session.meeting = Some(meeting);
+                self.sessions.insert(id, session);
+            }
+            Command::Leave { id } => {
+                if let Some(mut session) = self.sessions.remove(&id) {
+                    self.leave_mix(id, &mut session);
+                    self.sessions.insert(id, session);
+                }
+            }
+            Command::SetMuted { id, muted } => {
+                if let Some(s) = self.sessions.get(&id)
+                    && let Some(mixer) = s.meeting.and_then(|m| self.meetings.get_mut(&m))
+                {
+                    mixer.set_muted(id.0, muted);
+                }
+            }
+            Command::Adopt { id, session } => {
+                if let Some(old) = self.sessions.insert(id, *session) {
+                    lock(&self.pool).release(old.port);
+                }
+            }
+            Command::Tone {
+                meeting,
+                clip,
+                except,
+            } => {
+                if let Some(mixer) = self.meetings.get_mut(&meeting) {
+                    mixer.play_tone(clip, except.0);
+                }
+            }
+        }
+    }
+
+    /// Takes `session` out of its meeting's mix, dropping the mix when it was the last.
+    fn leave_mix(&mut self, id: SessionId, session: &mut Session) {
+        session.media.leave_mix();
+        let Some(meeting) = session.meeting.take() else {
+            return;
+        };
+        if let Some(mixer) = self.meetings.get_mut(&meeting) {
+            mixer.remove(id.0);
+            if mixer.is_empty() {
+                self.meetings.remove(&meeting);
+            }
+        }
+    }
+
+    /// Sends `command` to worker `to`. If that worker has stopped, a session in the command
+    /// is dropped with its socket, and its port goes back to the pool.
+    fn pass_on(&self, to: usize, command: Command) {
+        let sent = match self.peers[to].upgrade() {
+            Some(peer) => peer.send(command),
+            None => Err(mpsc::error::SendError(command)),
+        };
+        let Err(mpsc::error::SendError(command)) = sent else {
+            return;
+        };
+        if let Command::Adopt { session, .. } = command {
+            lock(&self.pool).release(session.port);
         }
     }
 
     /// The 20 ms tick: for each call, take in what arrived, then send what is due.
     fn tick(&mut self, now: Instant) {
         let mut tally = Tally::default();
-        for (&id, session) in &mut self.sessions {
+        for session in self.sessions.values_mut() {
             for _ in 0..MAX_DATAGRAMS_PER_TICK {
                 match session.socket.try_recv_from(&mut self.recv_buf[..]) {
                     Ok((len, source)) => {
@@ -884,6 +1323,9 @@ impl Worker {
                 }
             }
             session.media.handle_timeout(now);
+        }
+        self.mix();
+        for (&id, session) in &mut self.sessions {
             if !session.writable {
                 // Frames due now go out, a few at once, on the next tick.
                 session.writable = true;
@@ -915,6 +1357,27 @@ impl Worker {
             }
         }
         tally.add_to(&self.counters);
+    }
+
+    /// One frame of every meeting on this worker: each participant's audio in, each one's
+    /// mix out, ready for the packets about to be sent.
+    fn mix(&mut self) {
+        for mixer in self.meetings.values_mut() {
+            for i in 0..mixer.len() {
+                let id = SessionId(mixer.id_at(i));
+                if let Some(session) = self.sessions.get_mut(&id)
+                    && session.media.take_mix_input(&mut self.mix_in)
+                {
+                    mixer.input_at(i, &self.mix_in);
+                }
+            }
+            mixer.mix();
+            for (id, frame) in mixer.outputs() {
+                if let Some(session) = self.sessions.get_mut(&SessionId(id)) {
+                    session.media.set_mix_output(frame);
+                }
+            }
+        }
     }
 }
 
@@ -1430,6 +1893,120 @@ mod tests {
     }
 
     /// PCMU packets carrying `key` as a −10 dBm0 tone pair for `frames` × 20 ms, then silence.
+    fn audio(seq: u16, value: i16) -> Vec<u8> {
+        let mut payload = [0u8; FRAME_SAMPLES];
+        g711::encode(Codec::Pcmu, &[value; FRAME_SAMPLES], &mut payload);
+        let mut buf = [0u8; MAX_PACKET_LEN];
+        let header = RtpHeader {
+            payload_type: PayloadType(0),
+            marker: false,
+            sequence: seq,
+            timestamp: u32::from(seq) * 160,
+            ssrc: Ssrc(77),
+        };
+        let len = header.write(&payload, &mut buf).unwrap();
+        buf[..len].to_vec()
+    }
+
+    #[test]
+    fn in_a_mix_the_call_buffers_its_audio_and_sends_the_mixed_frame() {
+        let t0 = Instant::now();
+        let mut call = call();
+        call.configure(t0, params());
+        let peer = params().remote.unwrap();
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        // Not in a mix: nothing is buffered.
+        call.handle_datagram(t0, peer, &audio(1, 1000));
+        assert!(!call.take_mix_input(&mut pcm));
+        call.join_mix();
+        assert!(call.in_mix());
+        call.handle_datagram(t0, peer, &audio(2, 1000));
+        assert!(call.take_mix_input(&mut pcm));
+        assert!((pcm[0] - 1000).abs() < 40, "{}", pcm[0]);
+        assert!(!call.take_mix_input(&mut pcm), "one frame per packet");
+        // A burst beyond three frames drops the oldest.
+        for seq in 3..8 {
+            call.handle_datagram(t0, peer, &audio(seq, 100 * seq as i16));
+        }
+        let mut taken = Vec::new();
+        while call.take_mix_input(&mut pcm) {
+            taken.push(pcm[0]);
+        }
+        assert_eq!(taken.len(), 3);
+        assert!((taken[0] - 500).abs() < 20, "{taken:?}");
+        // The mixed frame goes out in place of silence, once.
+        call.set_mix_output(&[0x42; FRAME_SAMPLES]);
+        let sent = drain(&mut call, t0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].fill, 0x42);
+        let sent = ticks(&mut call, t0, 1..2);
+        assert_eq!(sent[0].fill, 0xFF);
+        // A prompt plays over the mix.
+        call.play(clip("help", 1), PlayMode::Once);
+        call.set_mix_output(&[0x42; FRAME_SAMPLES]);
+        let sent = ticks(&mut call, t0, 2..3);
+        assert_eq!(sent[0].fill, 1);
+        call.leave_mix();
+        call.handle_datagram(t0, peer, &audio(9, 1000));
+        assert!(!call.take_mix_input(&mut pcm));
+    }
+
+    #[test]
+    fn a_telephone_event_keeps_the_callers_audio_out_of_the_mix() {
+        let t0 = Instant::now();
+        let mut call = call();
+        let mut p = params();
+        p.telephone_event = Some(PayloadType(101));
+        call.configure(t0, p);
+        call.join_mix();
+        let peer = p.remote.unwrap();
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        call.handle_datagram(t0, peer, &audio(1, 3000));
+        call.handle_datagram(t0, peer, &rtp(101, 2));
+        call.handle_datagram(t0 + 20 * MS, peer, &audio(3, 3000));
+        assert!(call.take_mix_input(&mut pcm));
+        assert_eq!(pcm, [0; FRAME_SAMPLES], "buffered audio silenced");
+        assert!(call.take_mix_input(&mut pcm));
+        assert_eq!(
+            pcm, [0; FRAME_SAMPLES],
+            "audio during the key press silenced"
+        );
+        call.handle_datagram(t0 + 100 * MS, peer, &audio(4, 3000));
+        assert!(call.take_mix_input(&mut pcm));
+        assert!(pcm[0] > 2900, "heard again after the key press");
+    }
+
+    #[test]
+    fn with_inband_detection_a_tone_never_reaches_the_mix() {
+        let t0 = Instant::now();
+        let mut call = call();
+        let mut p = params();
+        p.inband_dtmf = true;
+        call.configure(t0, p);
+        call.join_mix();
+        let peer = p.remote.unwrap();
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let mut mixed = Vec::new();
+        // Quiet speech-level noise, then the tone for 5, then quiet again.
+        let mut packets: Vec<Vec<u8>> = (0..5).map(|i| audio(i, 0)).collect();
+        packets.extend(tone_packets(crate::media::dtmf::Key::D5, 5));
+        packets.extend((20..30).map(|i| audio(i, 0)));
+        for (i, bytes) in packets.iter().enumerate() {
+            let now = t0 + 20 * MS * i as u32;
+            call.handle_datagram(now, peer, bytes);
+            while call.take_mix_input(&mut pcm) {
+                mixed.push(pcm.iter().map(|&x| i32::from(x).abs()).max().unwrap());
+            }
+        }
+        assert!(mixed.len() >= packets.len() - 2, "{} frames", mixed.len());
+        assert!(
+            mixed.iter().all(|&peak| peak < 64),
+            "tone energy reached the mix: {mixed:?}"
+        );
+        let digits: Vec<_> = events(&mut call);
+        assert_eq!(digits.len(), 1, "the tone is still a digit: {digits:?}");
+    }
+
     fn tone_packets(key: crate::media::dtmf::Key, frames: u16) -> Vec<Vec<u8>> {
         use crate::media::dtmf::goertzel::{COL_HZ, ROW_HZ, key_tones};
         let (r, c) = key_tones(key);
@@ -1577,6 +2154,91 @@ mod tests {
             })
             .await
             .unwrap_or_else(|_| panic!("stats never matched: {:?}", engine.stats()))
+        }
+
+        /// What a peer hears: the mean of the decoded samples of its newest packet.
+        async fn heard(peer: &UdpSocket) -> i32 {
+            let (bytes, _) = receive(peer).await;
+            let packet = RtpPacket::parse(&bytes).unwrap();
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            g711::decode(Codec::Pcmu, packet.payload, &mut pcm);
+            pcm.iter().map(|&x| i32::from(x)).sum::<i32>() / FRAME_SAMPLES as i32
+        }
+
+        async fn say(peer: &UdpSocket, to: SocketAddr, seq: u16, value: i16) {
+            let mut payload = [0u8; FRAME_SAMPLES];
+            g711::encode(Codec::Pcmu, &[value; FRAME_SAMPLES], &mut payload);
+            let mut buf = [0u8; MAX_PACKET_LEN];
+            let header = RtpHeader {
+                payload_type: PayloadType(0),
+                marker: false,
+                sequence: seq,
+                timestamp: u32::from(seq) * 160,
+                ssrc: Ssrc(u32::from(value as u16)),
+            };
+            let len = header.write(&payload, &mut buf).unwrap();
+            peer.send_to(&buf[..len], to).await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn a_meeting_spread_over_two_workers_mixes_n_minus_one() {
+            let (engine, _events) = start(41900..=41999, Duration::from_secs(30));
+            let values = [1000i16, 2000, 4000];
+            let mut peers = Vec::new();
+            for (i, _) in values.iter().enumerate() {
+                let id = SessionId(i as u64 + 1);
+                let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+                let port = engine.open(id).unwrap();
+                engine.configure(id, towards(&peer, LOCALHOST)).unwrap();
+                // Round-robin put the sessions on both workers: joining moves them to one.
+                engine.join_meeting(id, MixId(9)).unwrap();
+                peers.push((id, peer, SocketAddr::new(LOCALHOST, port)));
+            }
+            assert_eq!(engine.meetings(), 1);
+            let expect = [6000, 5000, 3000];
+            let mut last = [0i32; 3];
+            for seq in 0..40u16 {
+                for (i, (_, peer, to)) in peers.iter().enumerate() {
+                    say(peer, *to, seq, values[i]).await;
+                }
+                for (i, (_, peer, _)) in peers.iter().enumerate() {
+                    last[i] = heard(peer).await;
+                }
+                if last
+                    .iter()
+                    .zip(expect)
+                    .all(|(&got, want)| (got - want).abs() < want / 10)
+                {
+                    break;
+                }
+            }
+            for (got, want) in last.iter().zip(expect) {
+                assert!(
+                    (got - want).abs() < want / 10,
+                    "heard {last:?}, want {expect:?}"
+                );
+            }
+            // The third leaves: it hears silence, the others stop hearing it.
+            engine.leave_meeting(peers[2].0).unwrap();
+            let mut settled = false;
+            for seq in 40..80u16 {
+                for (i, (_, peer, to)) in peers.iter().enumerate() {
+                    say(peer, *to, seq, values[i]).await;
+                }
+                for (i, (_, peer, _)) in peers.iter().enumerate() {
+                    last[i] = heard(peer).await;
+                }
+                if (last[0] - 2000).abs() < 200 && (last[1] - 1000).abs() < 100 && last[2] == 0 {
+                    settled = true;
+                    break;
+                }
+            }
+            assert!(settled, "after a leave: {last:?}");
+            for (id, _, _) in &peers {
+                engine.close(*id);
+            }
+            assert_eq!(engine.meetings(), 0);
+            until(&engine, |s| s.ports_in_use == 0 && s.sessions_open == 0).await;
         }
 
         #[tokio::test]

@@ -311,6 +311,14 @@ impl InbandDetector {
         self.events.pop_front()
     }
 
+    /// Whether a tone is sounding or being weighed as one: what the mixer keeps out of a
+    /// meeting (a key press must not be heard by the others), before and after it is
+    /// confirmed as a digit. Two candidate windows in a row (about 19 ms of tone) make a
+    /// suspicion: one alone is common in speech, and muting on it would chop voices.
+    pub fn tone_suspected(&self) -> bool {
+        self.active.is_some() || self.run.len >= 2
+    }
+
     /// Samples fed so far: the detector's clock.
     pub fn position(&self) -> u64 {
         self.blocks * BLOCK_SAMPLES as u64 + self.fill as u64

@@ -21,7 +21,7 @@ use crate::audio::{Assets, Sound};
 use crate::bridge::{self, Admission, Bridge, Caller, Rules};
 use crate::ivr::{self, CallFacts, ConferenceFacts, Flow, IvrConfig, PinResult};
 use crate::media::dtmf::stream::{DigitStream, DtmfMode};
-use crate::media::engine::{Engine, MediaEvent, MediaParams, SessionId};
+use crate::media::engine::{Engine, MediaEvent, MediaParams, MixId, SessionId};
 use crate::media::player::PlayMode;
 use crate::pin::{Pepper, Pin};
 use crate::sip::endpoint::{Endpoint, Event, LegId};
@@ -512,7 +512,9 @@ impl Calls {
                             info!(conference = ?conference.as_ref().map(ConferenceId::as_str), %meeting, participants, "joined the meeting")
                         });
                     }
-                    // TODO(mixer): engine.join_meeting(session, meeting) once the mixer lands.
+                    if let Err(e) = self.engine.join_meeting(SessionId(leg.0), MixId(meeting.0)) {
+                        warn!(leg = leg.0, %meeting, error = %e, "could not join the mix");
+                    }
                     if let Some(flow) = self.flow(leg) {
                         flow.handle_meeting_started(now);
                     }
@@ -520,6 +522,8 @@ impl Calls {
                 }
                 bridge::Action::LeaveMix { leg, meeting } => {
                     debug!(leg = leg.0, %meeting, "left the mix");
+                    // The call may be torn down already (its session closed): nothing to do.
+                    let _ = self.engine.leave_meeting(SessionId(leg.0));
                 }
                 bridge::Action::Tone {
                     meeting,
@@ -527,11 +531,19 @@ impl Calls {
                     sound,
                 } => {
                     debug!(%meeting, except = except.0, ?sound, "meeting tone");
+                    let clip = self.assets.clip(sound).clone();
+                    self.engine
+                        .play_tone(MixId(meeting.0), clip, SessionId(except.0));
                 }
                 bridge::Action::Muted { leg, muted } => {
-                    debug!(leg = leg.0, muted, "mute changed");
+                    if let Some(call) = self.calls.get(&leg) {
+                        call.span
+                            .in_scope(|| debug!(muted, "mute changed in the mix"));
+                    }
+                    let _ = self.engine.set_muted(SessionId(leg.0), muted);
                 }
                 bridge::Action::End { leg } => {
+                    let _ = self.engine.leave_meeting(SessionId(leg.0));
                     if let Some(flow) = self.flow(leg) {
                         flow.handle_meeting_ended(now);
                     }

@@ -8,7 +8,7 @@
 //! - **Active talkers.** Only the [`MAX_TALKERS`] loudest unmuted participants whose level
 //!   is above [`NOISE_FLOOR_DBM0`] are mixed. A participant's level is the frame's mean
 //!   power with a peak hold that decays by [`LEVEL_DECAY`] per frame (−10 dB in about
-//!   200 ms), so a talker keeps the floor through the gaps between syllables and three
+//!   200 ms), so a talker keeps the floor through the gaps between syllables and four
 //!   people talking at once are all heard, while the line noise of fifty listeners is not
 //!   summed into everyone's ear.
 //! - **Encode once per distinct output.** A participant who is not an active talker and not
@@ -26,9 +26,10 @@ use std::sync::Arc;
 use super::player::Clip;
 use super::{Codec, FRAME_SAMPLES, Frame, g711};
 
-/// Participants mixed at once. Three voices at once is already more than anyone follows;
-/// a fourth adds noise, not speech.
-pub const MAX_TALKERS: usize = 3;
+/// Participants mixed at once. Four voices at once is already more than anyone follows (a
+/// question, an answer and two people talking over them); beyond that another voice adds
+/// noise, not speech, and another encode per frame.
+pub const MAX_TALKERS: usize = 4;
 /// Below this a participant's input is line noise and is not mixed.
 pub const NOISE_FLOOR_DBM0: f32 = -50.0;
 /// Per-frame decay of the held level (power ratio): 0.8^10 ≈ −10 dB after 200 ms.
@@ -417,47 +418,50 @@ mod tests {
     }
 
     #[test]
-    fn only_the_three_loudest_above_the_floor_are_mixed() {
-        let mut mixer = meeting(6, Codec::Pcmu);
-        // Levels 100, 200, 400, 800 and one under the floor (~ -60 dBm0).
+    fn only_the_four_loudest_above_the_floor_are_mixed() {
+        let mut mixer = meeting(7, Codec::Pcmu);
+        // Levels 100 to 1600 and one under the floor (~ -60 dBm0).
         mixer.input(1, &dc(100));
         mixer.input(2, &dc(200));
         mixer.input(3, &dc(400));
         mixer.input(4, &dc(800));
-        mixer.input(5, &dc(10));
+        mixer.input(5, &dc(1600));
+        mixer.input(6, &dc(10));
         mixer.mix();
         let talkers: Vec<_> = mixer.active_talkers().collect();
-        assert_eq!(talkers, [2, 3, 4]);
-        assert!(near(heard(&mixer, 6, Codec::Pcmu), 1400));
-        assert!(near(heard(&mixer, 1, Codec::Pcmu), 1400));
-        assert!(near(heard(&mixer, 4, Codec::Pcmu), 600));
+        assert_eq!(talkers, [2, 3, 4, 5]);
+        assert!(near(heard(&mixer, 7, Codec::Pcmu), 3000));
+        assert!(near(heard(&mixer, 1, Codec::Pcmu), 3000));
+        assert!(near(heard(&mixer, 5, Codec::Pcmu), 1400));
     }
 
     #[test]
     fn a_talker_keeps_the_floor_through_a_short_pause() {
-        let mut mixer = meeting(5, Codec::Pcmu);
-        for id in 1..=3 {
+        let mut mixer = meeting(6, Codec::Pcmu);
+        for id in 1..=4 {
             mixer.input(id, &dc(1000));
         }
         mixer.mix();
         // Talker 1 pauses for a frame (quiet input); a newcomer at a lower level waits.
+        let others = |mixer: &mut Mixer| {
+            for id in 2..=4 {
+                mixer.input(id, &dc(1000));
+            }
+            mixer.input(5, &dc(600));
+        };
         mixer.input(1, &dc(0));
-        mixer.input(2, &dc(1000));
-        mixer.input(3, &dc(1000));
-        mixer.input(4, &dc(600));
+        others(&mut mixer);
         mixer.mix();
         let talkers: Vec<_> = mixer.active_talkers().collect();
-        assert_eq!(talkers, [1, 2, 3]);
+        assert_eq!(talkers, [1, 2, 3, 4]);
         // After enough quiet frames the newcomer takes over.
         for _ in 0..10 {
             mixer.input(1, &dc(0));
-            mixer.input(2, &dc(1000));
-            mixer.input(3, &dc(1000));
-            mixer.input(4, &dc(600));
+            others(&mut mixer);
             mixer.mix();
         }
         let talkers: Vec<_> = mixer.active_talkers().collect();
-        assert_eq!(talkers, [2, 3, 4]);
+        assert_eq!(talkers, [2, 3, 4, 5]);
     }
 
     #[test]

@@ -125,8 +125,7 @@ impl Calls {
                 break;
             }
             self.timers.pop();
-            if let Some(flow) = self.flow(leg) {
-                flow.handle_timeout(now);
+            if self.in_flow(leg, |flow| flow.handle_timeout(now)).is_some() {
                 self.run_flow(now, leg, endpoint);
             }
         }
@@ -201,7 +200,10 @@ impl Calls {
                     dialed: call.dialed.clone(),
                     anonymous: call.anonymous,
                 };
-                call.flow = Some(Flow::new(now, self.ivr.clone(), facts));
+                let flow = call
+                    .span
+                    .in_scope(|| Flow::new(now, self.ivr.clone(), facts));
+                call.flow = Some(flow);
                 self.run_flow(now, leg, endpoint);
             }
             Event::InfoDigit { leg, key, at } => {
@@ -256,8 +258,10 @@ impl Calls {
                     return;
                 };
                 call.playing = None;
-                if let Some(flow) = call.flow.as_mut() {
-                    flow.handle_playback_finished(now, sound);
+                if self
+                    .in_flow(leg, |flow| flow.handle_playback_finished(now, sound))
+                    .is_some()
+                {
                     self.run_flow(now, leg, endpoint);
                 }
             }
@@ -297,14 +301,18 @@ impl Calls {
                         None
                     }
                 };
-                if let Some(flow) = call.flow.as_mut() {
-                    flow.handle_lookup(now, facts);
+                if self
+                    .in_flow(leg, |flow| flow.handle_lookup(now, facts))
+                    .is_some()
+                {
                     self.run_flow(now, leg, endpoint);
                 }
             }
             Job::Pin { leg, result } => {
-                if let Some(flow) = self.flow(leg) {
-                    flow.handle_pin_result(now, result);
+                if self
+                    .in_flow(leg, |flow| flow.handle_pin_result(now, result))
+                    .is_some()
+                {
                     self.run_flow(now, leg, endpoint);
                 }
             }
@@ -324,6 +332,15 @@ impl Calls {
         self.calls.get_mut(&leg).and_then(|c| c.flow.as_mut())
     }
 
+    /// Runs `f` on the call's IVR inside the call's span, so what the IVR logs names the
+    /// call. `None` when the call or its IVR is gone.
+    fn in_flow<R>(&mut self, leg: LegId, f: impl FnOnce(&mut Flow) -> R) -> Option<R> {
+        let call = self.calls.get_mut(&leg)?;
+        let flow = call.flow.as_mut()?;
+        let _in_call = call.span.enter();
+        Some(f(flow))
+    }
+
     /// Key presses go to the IVR only, never relayed. They are logged (at debug) only while
     /// they cannot be part of a PIN; during PIN entry the log shows `key=*****`.
     fn drain_digits(&mut self, now: Instant, leg: LegId, endpoint: &mut Endpoint) {
@@ -337,6 +354,7 @@ impl Calls {
             call.span
                 .in_scope(|| debug!(key = %shown, method = ?d.method, "dtmf digit"));
             if let Some(flow) = call.flow.as_mut() {
+                let _in_call = call.span.enter();
                 flow.handle_key(now, d.key);
                 any = true;
             }
@@ -424,6 +442,7 @@ impl Calls {
             // Nothing will report this prompt finished: say so now, so the IVR moves on.
             call.playing = None;
             if let Some(flow) = call.flow.as_mut() {
+                let _in_call = call.span.enter();
                 flow.handle_playback_finished(now, sound);
             }
         }
@@ -455,14 +474,11 @@ impl Calls {
     /// Tells the IVR where the bridge put the caller. Joining the mix (and the IVR's
     /// "in the meeting") follows from the bridge's `JoinMix` action.
     fn admitted(&mut self, now: Instant, leg: LegId, admission: Admission) {
-        let Some(flow) = self.flow(leg) else {
-            return;
-        };
-        match admission {
+        self.in_flow(leg, |flow| match admission {
             Admission::Lobby { .. } => flow.handle_lobby(now),
             Admission::Full => flow.handle_meeting_full(now),
             Admission::Started { .. } | Admission::Joined { .. } | Admission::AlreadyIn { .. } => {}
-        }
+        });
     }
 
     fn verify_pin(&mut self, leg: LegId, conference: ConferenceId, pin: Pin) {
@@ -499,7 +515,7 @@ impl Calls {
                 bridge::Action::MeetingStarted {
                     meeting,
                     conference,
-                } => info!(%conference, %meeting, "meeting started"),
+                } => debug!(%conference, %meeting, "mix set up for the meeting"),
                 // The IVR plays the lobby's hold music and every per-caller prompt itself.
                 bridge::Action::ToLobby { .. } | bridge::Action::Announce { .. } => {}
                 bridge::Action::JoinMix { leg, meeting } => {
@@ -515,9 +531,7 @@ impl Calls {
                     if let Err(e) = self.engine.join_meeting(SessionId(leg.0), MixId(meeting.0)) {
                         warn!(leg = leg.0, %meeting, error = %e, "could not join the mix");
                     }
-                    if let Some(flow) = self.flow(leg) {
-                        flow.handle_meeting_started(now);
-                    }
+                    self.in_flow(leg, |flow| flow.handle_meeting_started(now));
                     self.run_flow_later(leg, now);
                 }
                 bridge::Action::LeaveMix { leg, meeting } => {
@@ -544,9 +558,7 @@ impl Calls {
                 }
                 bridge::Action::End { leg } => {
                     let _ = self.engine.leave_meeting(SessionId(leg.0));
-                    if let Some(flow) = self.flow(leg) {
-                        flow.handle_meeting_ended(now);
-                    }
+                    self.in_flow(leg, |flow| flow.handle_meeting_ended(now));
                     self.run_flow_later(leg, now);
                 }
                 bridge::Action::MeetingEnded {

@@ -746,6 +746,7 @@ impl Flow {
                 pin_locked,
             });
         } else {
+            info!(%conference, "waiting in the lobby");
             self.actions
                 .push_back(Action::EnterLobby(conference.clone()));
             self.announce_in_lobby(conference, pin_locked, Sound::OrganizerOrWait);

@@ -24,8 +24,18 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The prefix of the ready line; the SIP address follows.
 const READY_PREFIX: &str = "pinbridge ready sip=";
 
+/// An organizer `pinbridge users add` created in the server's store before it started.
+#[derive(Clone, Debug)]
+pub struct Organizer {
+    pub id: String,
+    pub conference: String,
+    /// The PIN as `users add` printed it, its one appearance.
+    pub pin: String,
+}
+
 /// Options for starting the server.
 pub struct ServerBuilder {
+    organizers: Vec<(String, Vec<String>)>,
     rtp_ports: Option<(u16, u16)>,
     audio_dir: PathBuf,
     log_level: String,
@@ -62,6 +72,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Creates organizer `id` with `pinbridge users add ID --email ID EXTRA…` in the data
+    /// directory before the server starts; [`Server::organizer`] gives its conference ID and
+    /// PIN.
+    pub fn organizer(mut self, id: &str, extra: &[&str]) -> Self {
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        self.organizers.push((id.to_string(), extra));
+        self
+    }
+
     /// Starts the binary and waits for it to be ready; panics (with its logs) if it exits
     /// or stays silent for [`READY_TIMEOUT`].
     pub fn start(self) -> Server {
@@ -72,6 +91,11 @@ impl ServerBuilder {
             .tempdir()
             .expect("creating a data dir");
         std::fs::create_dir(data_dir.path().join("data")).expect("creating the data dir");
+        let organizers: Vec<Organizer> = self
+            .organizers
+            .iter()
+            .map(|(id, extra)| add_organizer(&data_dir.path().join("data"), id, extra, &self.env))
+            .collect();
         let log_path = data_dir.path().join("server-stderr.log");
         let log_file = File::create(&log_path).expect("creating the log file");
 
@@ -109,6 +133,7 @@ impl ServerBuilder {
         });
 
         let mut server = Server {
+            organizers,
             child,
             sip_addr: "127.0.0.1:0".parse().expect("literal address"),
             rtp_ports: (rtp_first, rtp_last),
@@ -125,8 +150,45 @@ impl ServerBuilder {
     }
 }
 
+/// Runs `pinbridge users add` on `data_dir` (the server is not running yet).
+fn add_organizer(
+    data_dir: &Path,
+    id: &str,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Organizer {
+    let out = Command::new(env!("CARGO_BIN_EXE_pinbridge"))
+        .args(["users", "add", id, "--email", id])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("running pinbridge users add");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pinbridge users add {id} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout:?}"))
+            .trim()
+            .to_string()
+    };
+    Organizer {
+        id: id.to_string(),
+        conference: value("conference id: "),
+        pin: value("pin: "),
+    }
+}
+
 /// A running `pinbridge serve`.
 pub struct Server {
+    organizers: Vec<Organizer>,
     child: Child,
     sip_addr: SocketAddr,
     rtp_ports: (u16, u16),
@@ -148,6 +210,7 @@ impl Server {
 
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
+            organizers: Vec::new(),
             rtp_ports: None,
             audio_dir: super::repo_root().join("audio"),
             log_level: "debug".into(),
@@ -157,6 +220,14 @@ impl Server {
     }
 
     /// The SIP address from the ready line (UDP and TCP).
+    /// The organizer created by the builder's `organizer(id, …)`.
+    pub fn organizer(&self, id: &str) -> &Organizer {
+        self.organizers
+            .iter()
+            .find(|o| o.id == id)
+            .unwrap_or_else(|| panic!("no organizer {id} was created"))
+    }
+
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip_addr
     }

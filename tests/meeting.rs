@@ -1,0 +1,391 @@
+//! The meeting bridge end to end, against the real `pinbridge` binary over real sockets on
+//! 127.0.0.1: organizers created with `pinbridge users add`, callers that dial in with our
+//! own SIP client, enter conference IDs and PINs as RFC 4733 telephone-events, wait in the
+//! lobby hearing the hold music (checked against the asset decoded by sox), and then hear
+//! each other in the meeting (each sends its own tone; a Goertzel filter on what each
+//! receives finds the others' tones and not its own).
+//!
+//! Progress is read from the server's info log, per call (its Call-ID is in the call's
+//! span): `waiting in the lobby`, `organizer PIN verified`, `joined the meeting`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::rtp::{MediaPlan, RtpPacket, Signal, decode_stream};
+use common::{
+    Dialed, RtpReceiver, RtpSender, SIP_STEP, SdpOffer, Server, SipClient, audio, best_correlation,
+    dial, wait_until,
+};
+
+/// telephone-event payload type our callers offer.
+const EVENT_PT: u8 = 101;
+/// How long a step of the call flow (a prompt, a PIN check) may take to show in the log.
+const STEP_WAIT: Duration = Duration::from_secs(30);
+/// The "not correct" prompt, after which the PIN prompt takes keys again (2.5 s, and a
+/// margin).
+const PIN_INCORRECT_PROMPT: Duration = Duration::from_millis(3000);
+/// Peak amplitude of each participant's tone (about −12 dBm0).
+const TONE_AMPLITUDE: i16 = 6000;
+
+/// One dial-in caller: SIP, media, and the RFC 4733 plan its key presses come from (one plan
+/// per call, so sequence numbers and timestamps run on across presses).
+struct Caller {
+    client: SipClient,
+    rtp: RtpReceiver,
+    d: Dialed,
+    plan: MediaPlan,
+    sender: Option<RtpSender>,
+}
+
+impl Caller {
+    /// Dials `user@server` with PCMU and telephone-event.
+    fn dial(server: &Server, user: &str) -> Caller {
+        let mut client = SipClient::udp(server.sip_addr());
+        let rtp = RtpReceiver::bind();
+        let offer = SdpOffer::new(rtp.addr()).pcmu().telephone_event(EVENT_PT);
+        let d = dial(&mut client, user, &offer);
+        Caller {
+            client,
+            rtp,
+            d,
+            plan: MediaPlan::new(0),
+            sender: None,
+        }
+    }
+
+    /// Dials from `sip:anonymous@anonymous.invalid` (RFC 3323 anonymous caller).
+    fn dial_anonymous(server: &Server, user: &str) -> Caller {
+        let mut client = SipClient::udp(server.sip_addr());
+        let rtp = RtpReceiver::bind();
+        let offer = SdpOffer::new(rtp.addr()).pcmu().telephone_event(EVENT_PT);
+        let mut call = client.new_call(user);
+        call.local_uri = "sip:anonymous@anonymous.invalid".into();
+        client.send_invite(&mut call, Some(("application/sdp", &offer.render())), &[]);
+        let ok = client.expect_final(&mut call, "INVITE", SIP_STEP);
+        assert_eq!(ok.status(), Some(200), "{}", ok.to_text());
+        client.ack(&call, &ok);
+        let answer = ok.sdp().expect("an SDP answer");
+        let media = answer.audio_addr().expect("an audio address");
+        let d = Dialed {
+            call,
+            ok,
+            answer,
+            media,
+            payload_type: 0,
+        };
+        Caller {
+            client,
+            rtp,
+            d,
+            plan: MediaPlan::new(0),
+            sender: None,
+        }
+    }
+
+    fn call_id(&self) -> &str {
+        &self.d.call.call_id
+    }
+
+    /// Presses `keys` as RFC 4733 events (60 ms down, 60 ms between), blocking until sent.
+    fn press(&mut self, keys: &str) {
+        self.plan.silence(2).key_presses(EVENT_PT, keys, 3, 3);
+        let packets = self.plan.take_packets();
+        self.rtp.send_plan(self.d.media, &packets);
+    }
+
+    /// Keeps sending `signal` (20 ms PCMU frames) until stopped, at most a minute.
+    fn talk(&mut self, signal: Signal) {
+        self.sender = None;
+        self.sender =
+            Some(
+                self.rtp
+                    .start_sending(self.d.media, 0, signal, Duration::from_secs(60)),
+            );
+    }
+
+    /// Drains what arrived so far, then records `window` of what the server sends.
+    fn listen(&mut self, window: Duration) -> Vec<RtpPacket> {
+        self.rtp.recv_for(Duration::from_millis(30));
+        self.rtp.recv_for(window)
+    }
+
+    fn hang_up(mut self) {
+        self.sender = None;
+        self.client.bye(&mut self.d.call);
+        // Best effort: the server may have ended the call itself.
+        let _ = self.client.recv(Duration::from_secs(2));
+    }
+}
+
+/// The info lines of one call that contain `needle`.
+fn call_lines(server: &Server, call_id: &str, needle: &str) -> Vec<String> {
+    server.log_lines_with(&[needle, &format!("call_id={call_id} ")])
+}
+
+/// Waits until the call has logged `needle` at least `n` times.
+fn wait_call_log(server: &Server, call_id: &str, needle: &str, n: usize) {
+    let ok = wait_until(STEP_WAIT, Duration::from_millis(50), || {
+        call_lines(server, call_id, needle).len() >= n
+    });
+    assert!(
+        ok,
+        "call {call_id} never logged {needle:?} ({n}×); its log:\n{}",
+        server
+            .log_lines_with(&[&format!("call_id={call_id} ")])
+            .join("\n")
+    );
+}
+
+/// Power of `hz` in `pcm` (Goertzel), as a fraction of a full-amplitude sine's: a sine of
+/// amplitude A scores about (A / 32768)².
+fn tone_power(pcm: &[i16], hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in pcm {
+        let s0 = f64::from(x) / 32768.0 + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    4.0 * power / (pcm.len() as f64 * pcm.len() as f64)
+}
+
+/// Asserts that a PIN appears nowhere in the server's log as a number of its own (digits
+/// inside longer numbers, such as timestamps, do not count).
+fn assert_not_logged(server: &Server, pin: &str) {
+    let logs = server.logs();
+    let bytes = logs.as_bytes();
+    for (at, _) in logs.match_indices(pin) {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(at + pin.len()).copied();
+        let alone = !before.is_some_and(|b| b.is_ascii_digit())
+            && !after.is_some_and(|b| b.is_ascii_digit());
+        assert!(
+            !alone,
+            "the PIN {pin} is in the server log: {}",
+            logs[at.saturating_sub(200)..(at + 100).min(logs.len())].to_string()
+        );
+    }
+}
+
+fn hold_music() -> Vec<i16> {
+    audio::decode_with_sox(&audio::asset("hold_music"))
+}
+
+#[test]
+fn lobby_hears_hold_music_then_the_organizer_starts_and_everyone_hears_everyone_else() {
+    let server = Server::builder()
+        .organizer("amos.marble@contoso.com", &[])
+        .log_level("info")
+        .arg("--rtp-timeout")
+        .arg("120")
+        .start();
+    let org = server.organizer("amos.marble@contoso.com").clone();
+    let hold = hold_music();
+
+    // Two callers dial the conference ID directly: no ID prompt, straight to the lobby.
+    let mut a = Caller::dial(&server, &org.conference);
+    let mut b = Caller::dial(&server, &org.conference);
+    // A third dials the bridge's number and types the ID.
+    let mut c = Caller::dial(&server, "1000");
+    c.press(&format!("{}#", org.conference));
+    for caller in [&a, &b, &c] {
+        wait_call_log(&server, caller.call_id(), "waiting in the lobby", 1);
+    }
+    assert!(call_lines(&server, a.call_id(), "conference ID entered").is_empty());
+    assert_eq!(
+        call_lines(&server, c.call_id(), "conference ID entered").len(),
+        1
+    );
+
+    // In the lobby they hear the "organizer or wait" prompt (4.7 s), then the hold music.
+    let scores: Vec<f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [&mut a, &mut b, &mut c]
+            .into_iter()
+            .map(|caller| {
+                let hold = &hold;
+                scope.spawn(move || {
+                    let heard = decode_stream(&caller.listen(Duration::from_secs(7)));
+                    best_correlation(&heard, hold)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        scores.iter().all(|&s| s > 0.8),
+        "correlation of what each lobby caller heard with the hold music: {scores:.2?}"
+    );
+    for caller in [&a, &b, &c] {
+        assert!(call_lines(&server, caller.call_id(), "joined the meeting").is_empty());
+    }
+
+    // The organizer: `*`, PIN, `#`. The meeting starts and the lobby joins it.
+    let mut o = Caller::dial(&server, &org.conference);
+    wait_call_log(&server, o.call_id(), "waiting in the lobby", 1);
+    o.press("*");
+    wait_call_log(&server, o.call_id(), "organizer PIN entry", 1);
+    o.press(&format!("{}#", org.pin));
+    wait_call_log(&server, o.call_id(), "organizer PIN verified", 1);
+    for caller in [&a, &b, &c, &o] {
+        wait_call_log(&server, caller.call_id(), "joined the meeting", 1);
+    }
+    assert!(
+        !server
+            .log_lines_with(&["joined the meeting", "participants=4"])
+            .is_empty(),
+        "the server counts four participants"
+    );
+
+    // Everyone talks at once, each on its own frequency.
+    let tones = [400.0, 600.0, 1000.0, 2000.0];
+    let mut all = [a, b, c, o];
+    for (caller, hz) in all.iter_mut().zip(tones) {
+        caller.talk(Signal::Tone {
+            hz,
+            amplitude: TONE_AMPLITUDE,
+        });
+    }
+    // Let the "meeting is starting" prompts end, then record everyone at once.
+    std::thread::sleep(Duration::from_secs(4));
+    let heard: Vec<Vec<i16>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = all
+            .iter_mut()
+            .map(|caller| {
+                scope.spawn(move || decode_stream(&caller.listen(Duration::from_secs(2))))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // A full-scale sine scores 1.0; ours is about (6000/32768)² ≈ 0.034 before the
+    // mixer's sum and G.711. Heard: above a quarter of that. Not heard: 30 dB below it.
+    let full = (f64::from(TONE_AMPLITUDE) / 32768.0).powi(2);
+    for (i, pcm) in heard.iter().enumerate() {
+        assert!(
+            pcm.len() >= 8000,
+            "participant {i} received {} samples",
+            pcm.len()
+        );
+        let powers: Vec<f64> = tones.iter().map(|&hz| tone_power(pcm, hz) / full).collect();
+        for (j, &p) in powers.iter().enumerate() {
+            if i == j {
+                assert!(
+                    p < 0.001,
+                    "participant {i} hears its own tone: {powers:.4?}"
+                );
+            } else {
+                assert!(
+                    p > 0.25,
+                    "participant {i} does not hear {j}'s tone: {powers:.4?}"
+                );
+            }
+        }
+    }
+
+    assert_not_logged(&server, &org.pin);
+    for caller in all {
+        caller.hang_up();
+    }
+    assert!(server.wait_for_log("reason=LastLeft", Duration::from_secs(10)));
+}
+
+#[test]
+fn an_anonymous_caller_waits_and_a_named_caller_starts_a_meeting_without_pin() {
+    let server = Server::builder()
+        .organizer("lee.gu@contoso.com", &["--no-pin-required"])
+        .log_level("info")
+        .start();
+    let org = server.organizer("lee.gu@contoso.com").clone();
+
+    let mut anon = Caller::dial_anonymous(&server, &org.conference);
+    wait_call_log(&server, anon.call_id(), "waiting in the lobby", 1);
+    let heard = decode_stream(&anon.listen(Duration::from_secs(7)));
+    let score = best_correlation(&heard, &hold_music());
+    assert!(score > 0.8, "anonymous caller in the lobby: {score:.2}");
+    assert!(call_lines(&server, anon.call_id(), "joined the meeting").is_empty());
+    assert!(
+        server
+            .log_lines_with(&["meeting started conference="])
+            .is_empty()
+    );
+
+    // A caller who is not anonymous starts it on arrival (no PIN asked); both are in.
+    let named = Caller::dial(&server, &org.conference);
+    wait_call_log(&server, named.call_id(), "joined the meeting", 1);
+    wait_call_log(&server, anon.call_id(), "joined the meeting", 1);
+    assert!(call_lines(&server, named.call_id(), "organizer PIN entry").is_empty());
+    assert_eq!(
+        server
+            .log_lines_with(&["meeting started conference="])
+            .len(),
+        1
+    );
+    assert_not_logged(&server, &org.pin);
+    anon.hang_up();
+    named.hang_up();
+}
+
+#[test]
+fn five_wrong_pins_lock_organizer_pin_entry_for_the_conference() {
+    let server = Server::builder()
+        .organizer("amos.marble@contoso.com", &[])
+        .log_level("info")
+        .start();
+    let org = server.organizer("amos.marble@contoso.com").clone();
+    // Five-digit wrong PINs unlike the real one.
+    let wrong: Vec<String> = (0..5)
+        .map(|i| {
+            let n = (org.pin.parse::<u32>().unwrap() + 11_111 * (i + 1)) % 100_000;
+            format!("{n:05}")
+        })
+        .collect();
+
+    // First call: into the lobby, `*`, then three wrong PINs (after each, "not correct" and
+    // the PIN prompt again); then the server says goodbye and hangs up.
+    let mut first = Caller::dial(&server, &org.conference);
+    wait_call_log(&server, first.call_id(), "waiting in the lobby", 1);
+    first.press("*");
+    wait_call_log(&server, first.call_id(), "organizer PIN entry", 1);
+    for (n, pin) in wrong[..3].iter().enumerate() {
+        first.press(&format!("{pin}#"));
+        wait_call_log(&server, first.call_id(), "organizer PIN wrong", n + 1);
+        std::thread::sleep(PIN_INCORRECT_PROMPT);
+    }
+    wait_call_log(&server, first.call_id(), "too many wrong PINs", 1);
+    let bye = first.client.expect_request(&first.d.call, "BYE", STEP_WAIT);
+    first.client.respond(&bye, 200, "OK");
+
+    // Second call: two more wrong PINs lock the conference; back to the lobby.
+    let mut second = Caller::dial(&server, &org.conference);
+    wait_call_log(&server, second.call_id(), "waiting in the lobby", 1);
+    second.press("*");
+    wait_call_log(&server, second.call_id(), "organizer PIN entry", 1);
+    second.press(&format!("{}#", wrong[3]));
+    wait_call_log(&server, second.call_id(), "organizer PIN wrong", 1);
+    std::thread::sleep(PIN_INCORRECT_PROMPT);
+    second.press(&format!("{}#", wrong[4]));
+    wait_call_log(&server, second.call_id(), "locked out", 1);
+
+    // Third call: even the right PIN is not taken while the lockout lasts.
+    let mut third = Caller::dial(&server, &org.conference);
+    wait_call_log(&server, third.call_id(), "waiting in the lobby", 1);
+    third.press("*");
+    wait_call_log(&server, third.call_id(), "requested while locked out", 1);
+    third.press(&format!("{}#", org.pin));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        server
+            .log_lines_with(&["meeting started conference="])
+            .is_empty()
+    );
+    assert!(call_lines(&server, third.call_id(), "organizer PIN verified").is_empty());
+
+    assert_not_logged(&server, &org.pin);
+    for pin in &wrong {
+        assert_not_logged(&server, pin);
+    }
+    second.hang_up();
+    third.hang_up();
+}

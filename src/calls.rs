@@ -486,7 +486,7 @@ impl Calls {
             return;
         };
         call.span
-            .in_scope(|| info!(%conference, pin_len = pin.len(), "verifying organizer PIN"));
+            .in_scope(|| debug!(%conference, pin_len = pin.len(), "PIN check sent to the store"));
         let source = call.signalling_ip;
         let (store, pepper, jobs) = (self.store.clone(), self.pepper.clone(), self.jobs.clone());
         // argon2 takes tens of milliseconds: never on the signalling task.
@@ -565,7 +565,7 @@ impl Calls {
                     meeting,
                     conference,
                     reason,
-                } => info!(%conference, %meeting, ?reason, "meeting ended"),
+                } => debug!(%conference, %meeting, ?reason, "mix of the meeting dropped"),
             }
         }
     }

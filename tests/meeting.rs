@@ -3,7 +3,8 @@
 //! own SIP client, enter conference IDs and PINs as RFC 4733 telephone-events, wait in the
 //! lobby hearing the hold music (checked against the asset decoded by sox), and then hear
 //! each other in the meeting (each sends its own tone; a Goertzel filter on what each
-//! receives finds the others' tones and not its own).
+//! receives finds the others' tones and not its own; after `*6` nobody hears the muted
+//! caller).
 //!
 //! Progress is read from the server's info log, per call (its Call-ID is in the call's
 //! span): `waiting in the lobby`, `organizer PIN verified`, `joined the meeting`.
@@ -281,6 +282,32 @@ fn lobby_hears_hold_music_then_the_organizer_starts_and_everyone_hears_everyone_
                     p > 0.25,
                     "participant {i} does not hear {j}'s tone: {powers:.4?}"
                 );
+            }
+        }
+    }
+
+    // `*6`: the first caller mutes itself. The others stop hearing its tone (its key
+    // presses never reach them either), and it still hears them.
+    all[0].press("*6");
+    wait_call_log(&server, all[0].call_id(), "caller toggled mute", 1);
+    // The "you are muted" prompt (to the caller alone) ends.
+    std::thread::sleep(Duration::from_secs(2));
+    let heard: Vec<Vec<i16>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = all
+            .iter_mut()
+            .map(|caller| {
+                scope.spawn(move || decode_stream(&caller.listen(Duration::from_millis(1500))))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, pcm) in heard.iter().enumerate() {
+        let powers: Vec<f64> = tones.iter().map(|&hz| tone_power(pcm, hz) / full).collect();
+        for (j, &p) in powers.iter().enumerate() {
+            if i == j || j == 0 {
+                assert!(p < 0.001, "muted: participant {i} hears {j}: {powers:.4?}");
+            } else {
+                assert!(p > 0.25, "muted: participant {i} lost {j}: {powers:.4?}");
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod calls;
 pub mod config;
 pub mod ivr;
 pub mod media;
+pub mod notify;
 pub mod pin;
 pub mod server;
 pub mod sip;

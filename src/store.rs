@@ -538,6 +538,8 @@ pub struct Store {
     source_failures: sled::Tree,
     lockouts: sled::Tree,
     audit: sled::Tree,
+    /// Email waiting for delivery (and the record of delivered ones), by queue id.
+    outbox: sled::Tree,
     sled_dir: PathBuf,
     policy: LockoutPolicy,
     /// The last pepper [`Store::check_pepper`] accepted, so the argon2 check runs once.
@@ -574,6 +576,7 @@ impl Store {
             source_failures: tree("pin_failures_by_source")?,
             lockouts: tree("lockouts")?,
             audit: tree("audit")?,
+            outbox: tree("outbox")?,
             db,
             sled_dir,
             policy: LockoutPolicy::default(),
@@ -1098,6 +1101,65 @@ impl Store {
             .collect::<Result<Vec<AuditEntry>, StoreError>>()?;
         entries.reverse();
         Ok(entries)
+    }
+}
+
+/// Where a queued email is on its way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its first or next attempt.
+    Queued,
+    /// Accepted by the mail server (or written to the outbox folder); its body is gone.
+    Delivered,
+}
+
+/// A queued email and its delivery record. `email` is `None` once delivered: a PIN in a
+/// message lives in the store only until the message is out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedEmail {
+    pub id: u64,
+    pub to: String,
+    pub subject: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    #[serde(with = "unix_millis")]
+    pub queued_at: SystemTime,
+    pub last_error: Option<String>,
+    pub email: Option<crate::notify::Email>,
+}
+
+impl Store {
+    // ---- outbox ---------------------------------------------------------------------------
+
+    /// Queues `email` for delivery and makes it durable before returning its queue id.
+    pub fn enqueue_email(
+        &self,
+        email: &crate::notify::Email,
+        now: SystemTime,
+    ) -> Result<u64, StoreError> {
+        let id = self.db.generate_id()?;
+        let queued = QueuedEmail {
+            id,
+            to: email.to.clone(),
+            subject: email.subject.clone(),
+            state: DeliveryState::Queued,
+            attempts: 0,
+            queued_at: now,
+            last_error: None,
+            email: Some(email.clone()),
+        };
+        self.outbox.insert(id.to_be_bytes(), encode(&queued))?;
+        self.persist()?;
+        Ok(id)
+    }
+
+    /// Every email in the outbox, oldest first.
+    pub fn emails(&self) -> Result<Vec<QueuedEmail>, StoreError> {
+        self.outbox
+            .iter()
+            .map(|kv| decode("queued email", &kv?.1))
+            .collect()
     }
 }
 

@@ -149,7 +149,9 @@ impl std::fmt::Display for TlsMode {
 /// A message that could not be built or handed over.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("invalid sender address {address:?}: {reason}")]
+    #[error(
+        "invalid sender address {address:?} ({reason}): write addr@domain or Name <addr@domain>"
+    )]
     InvalidFrom { address: String, reason: String },
     #[error("invalid recipient address {address:?}: {reason}")]
     InvalidTo { address: String, reason: String },

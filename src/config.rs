@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::bridge::{BridgeConfig, OrganizerLeavePolicy};
 use crate::ivr::IvrConfig;
 use crate::media::dtmf::stream::DtmfMode;
+use crate::notify::{self, MailConfig, MailTransport, SmtpConfig, SmtpCredentials, TlsMode};
 
 /// Flags of `pinbridge serve`.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -78,6 +79,122 @@ pub struct ServeArgs {
     /// Seed one demo organizer into an empty store and print its conference ID and PIN.
     #[arg(long)]
     pub demo: bool,
+    #[command(flatten)]
+    pub mail: MailArgs,
+}
+
+// ---- email (issue 5) -------------------------------------------------------------------------
+
+/// Flags of `pinbridge serve` for outgoing email. With no SMTP host, mail is written as
+/// `.eml` files into the outbox folder.
+#[derive(clap::Args, Debug, Default, Clone)]
+#[command(next_help_heading = "Email")]
+pub struct MailArgs {
+    /// SMTP server to send email through [default: none; write .eml files to --outbox-dir].
+    /// The password comes only from PINBRIDGE_SMTP_PASSWORD or the TOML key smtp_password.
+    #[arg(long, env = "PINBRIDGE_SMTP_HOST", value_name = "HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP port [default: 587 with starttls, 465 with tls, 25 with none].
+    #[arg(long, env = "PINBRIDGE_SMTP_PORT", value_name = "PORT")]
+    pub smtp_port: Option<u16>,
+    /// SMTP connection security: none, starttls (required upgrade) or tls (implicit TLS)
+    /// [default: starttls].
+    #[arg(long, env = "PINBRIDGE_SMTP_TLS", value_name = "MODE")]
+    pub smtp_tls: Option<TlsMode>,
+    /// SMTP AUTH user name; needs a password (PINBRIDGE_SMTP_PASSWORD or smtp_password).
+    #[arg(long, env = "PINBRIDGE_SMTP_USERNAME", value_name = "USER")]
+    pub smtp_username: Option<String>,
+    /// From address of every email, `addr@domain` or `Name <addr@domain>`
+    /// [default: pinbridge@localhost].
+    #[arg(long, env = "PINBRIDGE_MAIL_FROM", value_name = "ADDRESS")]
+    pub mail_from: Option<String>,
+    /// Folder for .eml files when no SMTP host is set [default: <data-dir>/outbox].
+    #[arg(long, env = "PINBRIDGE_OUTBOX_DIR", value_name = "DIR")]
+    pub outbox_dir: Option<PathBuf>,
+}
+
+/// The email settings from flags/environment over the TOML file over defaults.
+fn mail_config(
+    args: &MailArgs,
+    file: &FileConfig,
+    data_dir: &Path,
+) -> Result<MailConfig, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    let from = args
+        .mail_from
+        .clone()
+        .or_else(|| file.mail_from.clone())
+        .unwrap_or_else(|| "pinbridge@localhost".to_string());
+    notify::parse_from(&from).map_err(|e| invalid("mail_from", e.to_string()))?;
+    let tls = match (args.smtp_tls, &file.smtp_tls) {
+        (Some(t), _) => Some(t),
+        (None, Some(s)) => Some(s.parse().map_err(|m| invalid("smtp_tls", m))?),
+        (None, None) => None,
+    };
+    let port = args.smtp_port.or(file.smtp_port);
+    let username = args
+        .smtp_username
+        .clone()
+        .or_else(|| file.smtp_username.clone());
+    let Some(host) = args.smtp_host.clone().or_else(|| file.smtp_host.clone()) else {
+        let stray = [
+            ("smtp_port", port.is_some()),
+            ("smtp_tls", tls.is_some()),
+            ("smtp_username", username.is_some()),
+        ];
+        if let Some((key, _)) = stray.into_iter().find(|(_, set)| *set) {
+            return Err(invalid(key, "is set but smtp_host is not".into()));
+        }
+        let dir = args
+            .outbox_dir
+            .clone()
+            .or_else(|| file.outbox_dir.clone())
+            .unwrap_or_else(|| data_dir.join("outbox"));
+        return Ok(MailConfig {
+            from,
+            transport: MailTransport::FileOutbox { dir },
+        });
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "smtp_host",
+            format!("{host:?} is not a host name or address"),
+        ));
+    }
+    let tls = tls.unwrap_or_default();
+    let port = port.unwrap_or_else(|| tls.default_port());
+    if port == 0 {
+        return Err(invalid("smtp_port", "must be 1-65535, got 0".into()));
+    }
+    let password = std::env::var("PINBRIDGE_SMTP_PASSWORD")
+        .ok()
+        .or_else(|| file.smtp_password.clone());
+    let credentials = match (username, password) {
+        (Some(username), Some(password)) => Some(SmtpCredentials { username, password }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "smtp_username",
+                "is set but there is no password: set PINBRIDGE_SMTP_PASSWORD or smtp_password"
+                    .into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "smtp_password",
+                "is set but smtp_username is not".into(),
+            ));
+        }
+    };
+    Ok(MailConfig {
+        from,
+        transport: MailTransport::Smtp(SmtpConfig {
+            host,
+            port,
+            tls,
+            credentials,
+        }),
+    })
 }
 
 /// An inclusive port range written `LOW-HIGH`.
@@ -130,6 +247,8 @@ pub struct Config {
     /// The server's PIN pepper, if configured (env `PINBRIDGE_PIN_PEPPER` or TOML
     /// `pin_pepper`; deliberately no flag, which `ps` would show). Else `<data_dir>/pepper`.
     pub pin_pepper: Option<String>,
+    /// Outgoing email: SMTP, or the outbox folder.
+    pub mail: MailConfig,
 }
 
 /// A setting that cannot work, with what to do about it.
@@ -167,6 +286,14 @@ struct FileConfig {
     organizer_leave_grace: Option<u64>,
     join_tones: Option<bool>,
     pin_pepper: Option<String>,
+    // email (issue 5); smtp_password has no flag (`ps` would show it)
+    smtp_host: Option<String>,
+    smtp_port: Option<u16>,
+    smtp_tls: Option<String>,
+    smtp_username: Option<String>,
+    smtp_password: Option<String>,
+    mail_from: Option<String>,
+    outbox_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -219,8 +346,9 @@ impl Config {
         let data_dir = args
             .data_dir
             .clone()
-            .or(file.data_dir)
+            .or_else(|| file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("./data"));
+        let mail = mail_config(&args.mail, &file, &data_dir)?;
         let audio_dir = args
             .audio_dir
             .clone()
@@ -322,6 +450,7 @@ impl Config {
             pin_pepper: std::env::var("PINBRIDGE_PIN_PEPPER")
                 .ok()
                 .or(file.pin_pepper),
+            mail,
         })
     }
 }
@@ -405,6 +534,114 @@ mod tests {
         let err = Config::load(&a).unwrap_err().to_string();
         assert!(err.contains("sip_listn"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Loads with the TOML `text` and the flags `mail`.
+    fn load_mail(text: &str, mail: MailArgs) -> Result<MailConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let mut a = args();
+        a.config = Some(file);
+        a.data_dir = Some(PathBuf::from("/srv/pb"));
+        a.mail = mail;
+        Config::load(&a).map(|c| c.mail).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mail_defaults_to_the_outbox_folder_in_the_data_dir() {
+        let mail = load_mail("", MailArgs::default()).unwrap();
+        assert_eq!(mail.from, "pinbridge@localhost");
+        assert_eq!(
+            mail.transport,
+            MailTransport::FileOutbox {
+                dir: PathBuf::from("/srv/pb/outbox")
+            }
+        );
+        let flags = MailArgs {
+            outbox_dir: Some("/tmp/out".into()),
+            mail_from: Some("PIN Bridge <pins@example.com>".into()),
+            ..MailArgs::default()
+        };
+        let mail = load_mail("outbox_dir = \"/ignored\"\n", flags).unwrap();
+        assert_eq!(mail.from, "PIN Bridge <pins@example.com>");
+        assert_eq!(
+            mail.transport,
+            MailTransport::FileOutbox {
+                dir: PathBuf::from("/tmp/out")
+            }
+        );
+    }
+
+    #[test]
+    fn smtp_settings_and_their_port_defaults() {
+        let smtp = |text: &str, flags: MailArgs| match load_mail(text, flags).unwrap().transport {
+            MailTransport::Smtp(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let s = smtp("smtp_host = \"mail.example.com\"\n", MailArgs::default());
+        assert_eq!(
+            (s.port, s.tls, s.credentials),
+            (587, TlsMode::StartTls, None)
+        );
+        let s = smtp(
+            "smtp_host = \"h\"\nsmtp_tls = \"tls\"\n",
+            MailArgs::default(),
+        );
+        assert_eq!((s.port, s.tls), (465, TlsMode::Tls));
+        let flags = MailArgs {
+            smtp_tls: Some(TlsMode::None),
+            smtp_port: Some(2525),
+            smtp_username: Some("bridge".into()),
+            ..MailArgs::default()
+        };
+        let s = smtp(
+            "smtp_host = \"h\"\nsmtp_tls = \"tls\"\nsmtp_password = \"pw\"\n",
+            flags,
+        );
+        assert_eq!((s.host.as_str(), s.port, s.tls), ("h", 2525, TlsMode::None));
+        let c = s.credentials.unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("bridge", "pw"));
+        let s = smtp(
+            "smtp_host = \"h\"\nsmtp_tls = \"none\"\n",
+            MailArgs::default(),
+        );
+        assert_eq!(s.port, 25);
+    }
+
+    #[test]
+    fn bad_mail_settings_are_named() {
+        for (text, key, words) in [
+            (
+                "smtp_host = \"h\"\nsmtp_tls = \"ssl\"\n",
+                "smtp_tls",
+                "none, starttls or tls",
+            ),
+            ("smtp_host = \"h\"\nsmtp_port = 0\n", "smtp_port", "1-65535"),
+            (
+                "mail_from = \"not an address\"\n",
+                "mail_from",
+                "not an address",
+            ),
+            ("smtp_host = \"\"\n", "smtp_host", "not a host"),
+            ("smtp_port = 25\n", "smtp_port", "smtp_host is not"),
+            (
+                "smtp_host = \"h\"\nsmtp_username = \"u\"\n",
+                "smtp_username",
+                "PINBRIDGE_SMTP_PASSWORD",
+            ),
+            (
+                "smtp_host = \"h\"\nsmtp_password = \"p\"\n",
+                "smtp_password",
+                "smtp_username",
+            ),
+        ] {
+            let err = load_mail(text, MailArgs::default()).unwrap_err();
+            assert!(
+                err.starts_with(key) && err.contains(words),
+                "{text:?}: {err}"
+            );
+        }
     }
 
     #[test]

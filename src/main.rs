@@ -33,7 +33,7 @@ enum Command {
     /// file given with --config (key = flag name with underscores). Flags win over the
     /// environment, which wins over the file. When the server is ready it prints one line on
     /// stdout: `pinbridge ready sip=IP:PORT`; logs go to stderr.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Organizers, straight in the store: only while the server is not running (sled allows
     /// one process).
     Users(UsersArgs),
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Users(args) => users(args),
         Command::Dtmf(DtmfCommand::Detect { file, json }) => dtmf_detect(&file, json),
     }
@@ -117,6 +117,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let services = pinbridge::server::Services {
         store: Arc::new(store),
         pepper: Arc::new(pepper),
+        mail_wake: Arc::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -29,6 +29,8 @@ use crate::store::Store;
 pub struct Services {
     pub store: Arc<Store>,
     pub pepper: Arc<Pepper>,
+    /// Wakes the email delivery worker: call `notify_one()` after `Store::enqueue_email`.
+    pub mail_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Far enough in the future to mean "no timer".
@@ -44,6 +46,8 @@ pub enum ServerError {
     },
     #[error("starting media: {0}")]
     Media(String),
+    #[error("setting up email: {0}")]
+    Mail(#[from] crate::notify::NotifyError),
     #[error("SIP socket: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -57,6 +61,7 @@ pub async fn run(
     ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let mailer = crate::notify::Mailer::new(&cfg.mail)?;
     let listeners = Listeners::bind(cfg.sip_listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -86,6 +91,12 @@ pub async fn run(
     info!(sip = %local, rtp = ?cfg.rtp_ports, "pinbridge listening");
     ready(local);
 
+    let delivery = crate::notify::Delivery::spawn(
+        services.store.clone(),
+        mailer,
+        crate::notify::RetryPolicy::default(),
+        services.mail_wake,
+    );
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
     let mut calls = Calls::new(
         engine,
@@ -156,6 +167,7 @@ pub async fn run(
             break;
         }
     }
+    delivery.shutdown(cfg.shutdown_grace).await;
     Ok(())
 }
 

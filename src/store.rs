@@ -12,7 +12,8 @@
 //! `settings` (`tenant` → JSON [`TenantSettings`]), `pin_failures_by_conference` and
 //! `pin_failures_by_source` (key → JSON list of failure times), `lockouts` (conference id →
 //! JSON until), `audit` (big-endian u64 from sled's monotonic id generator → JSON
-//! [`AuditEntry`]). The default tree holds `schema_version` (u32, big-endian) and the pepper
+//! [`AuditEntry`]), `outbox` (big-endian u64 queue id → JSON [`QueuedEmail`]; the body is
+//! dropped once delivered). The default tree holds `schema_version` (u32, big-endian) and the pepper
 //! fingerprint. JSON, so a store can be inspected with any sled dump.
 //!
 //! # Durability
@@ -496,6 +497,8 @@ pub enum StoreError {
         "the PIN pepper differs from the one this store's PINs were hashed with; use the same PINBRIDGE_PIN_PEPPER / pin pepper setting / <data_dir>/pepper file as the server"
     )]
     PepperMismatch,
+    #[error("no queued email {0}")]
+    EmailNotFound(u64),
     #[error(transparent)]
     Pin(#[from] PinError),
     #[error("store I/O failed: {0}")]
@@ -1126,7 +1129,21 @@ pub struct QueuedEmail {
     #[serde(with = "unix_millis")]
     pub queued_at: SystemTime,
     pub last_error: Option<String>,
+    /// When the next attempt is due. Records written before retries existed lack it and
+    /// read as the epoch: due at once.
+    #[serde(default = "unix_epoch", with = "unix_millis")]
+    pub next_attempt_at: SystemTime,
+    /// When the mail server (or the outbox folder) accepted it.
+    #[serde(default, with = "opt_unix_secs")]
+    pub delivered_at: Option<SystemTime>,
     pub email: Option<crate::notify::Email>,
+}
+
+/// How long a delivered email's record (without its body) stays listed.
+pub const DELIVERED_EMAIL_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+fn unix_epoch() -> SystemTime {
+    UNIX_EPOCH
 }
 
 impl Store {
@@ -1147,6 +1164,8 @@ impl Store {
             attempts: 0,
             queued_at: now,
             last_error: None,
+            next_attempt_at: now,
+            delivered_at: None,
             email: Some(email.clone()),
         };
         self.outbox.insert(id.to_be_bytes(), encode(&queued))?;
@@ -1160,6 +1179,102 @@ impl Store {
             .iter()
             .map(|kv| decode("queued email", &kv?.1))
             .collect()
+    }
+
+    /// One email's delivery record.
+    pub fn email(&self, id: u64) -> Result<Option<QueuedEmail>, StoreError> {
+        self.outbox
+            .get(id.to_be_bytes())?
+            .map(|v| decode("queued email", &v))
+            .transpose()
+    }
+
+    /// Queued emails whose next attempt is due at `now`, oldest first.
+    pub fn due_emails(&self, now: SystemTime) -> Result<Vec<QueuedEmail>, StoreError> {
+        let mut due = self.emails()?;
+        due.retain(|q| q.state == DeliveryState::Queued && q.next_attempt_at <= now);
+        Ok(due)
+    }
+
+    /// The earliest next attempt among queued emails; `None` when nothing waits.
+    pub fn next_email_attempt(&self) -> Result<Option<SystemTime>, StoreError> {
+        Ok(self
+            .emails()?
+            .iter()
+            .filter(|q| q.state == DeliveryState::Queued)
+            .map(|q| q.next_attempt_at)
+            .min())
+    }
+
+    /// The mail server accepted the email: drops its body (it may hold a PIN) and keeps the
+    /// delivery record. Delivering an already delivered email changes nothing.
+    pub fn mark_delivered(&self, id: u64, now: SystemTime) -> Result<QueuedEmail, StoreError> {
+        self.update_email(id, |q| {
+            if q.state == DeliveryState::Delivered {
+                return;
+            }
+            q.state = DeliveryState::Delivered;
+            q.delivered_at = Some(now);
+            q.attempts = q.attempts.saturating_add(1);
+            q.last_error = None;
+            q.email = None;
+        })
+    }
+
+    /// An attempt failed with `error` (never the message body); the next one is due at
+    /// `next_attempt`. A delivered email is left as it is.
+    pub fn record_attempt_failure(
+        &self,
+        id: u64,
+        error: &str,
+        next_attempt: SystemTime,
+    ) -> Result<QueuedEmail, StoreError> {
+        self.update_email(id, |q| {
+            if q.state == DeliveryState::Delivered {
+                return;
+            }
+            q.attempts = q.attempts.saturating_add(1);
+            q.last_error = Some(error.to_string());
+            q.next_attempt_at = next_attempt;
+        })
+    }
+
+    /// Removes delivered records older than [`DELIVERED_EMAIL_RETENTION`]; returns how many.
+    pub fn prune_delivered_emails(&self, now: SystemTime) -> Result<usize, StoreError> {
+        let mut pruned = 0;
+        for q in self.emails()? {
+            let expired = q
+                .delivered_at
+                .is_some_and(|at| at + DELIVERED_EMAIL_RETENTION <= now);
+            if expired && self.outbox.remove(q.id.to_be_bytes())?.is_some() {
+                pruned += 1;
+            }
+        }
+        if pruned > 0 {
+            self.persist()?;
+        }
+        Ok(pruned)
+    }
+
+    /// Applies `change` to one record atomically and persists it.
+    fn update_email(
+        &self,
+        id: u64,
+        change: impl Fn(&mut QueuedEmail),
+    ) -> Result<QueuedEmail, StoreError> {
+        let key = id.to_be_bytes();
+        let updated = self.outbox.transaction(|tx| {
+            let Some(v) = tx.get(key)? else {
+                return abort(StoreError::EmailNotFound(id));
+            };
+            let mut q: QueuedEmail =
+                decode("queued email", &v).map_err(ConflictableTransactionError::Abort)?;
+            change(&mut q);
+            tx.insert(&key, encode(&q))?;
+            Ok(q)
+        })?;
+        self.persist()?;
+        Ok(updated)
     }
 }
 
@@ -2317,6 +2432,161 @@ mod tests {
             .unwrap();
         assert_eq!(check, PinCheck::Disabled);
         assert_eq!(store.source_failures(ip(1), t0()).unwrap(), 0);
+    }
+
+    // ---- outbox ------------------------------------------------------------------------------
+
+    fn pin_email(to: &str) -> crate::notify::Email {
+        crate::notify::Email {
+            to: to.to_string(),
+            subject: "Your new PIN".to_string(),
+            text: "Your PIN is 48213".to_string(),
+            html: "<p>Your PIN is <b>48213</b></p>".to_string(),
+        }
+    }
+
+    #[test]
+    fn a_queued_email_is_due_at_once_and_in_queue_order() {
+        let (_dir, store) = open();
+        let a = store
+            .enqueue_email(&pin_email("a@example.com"), t0())
+            .unwrap();
+        let b = store
+            .enqueue_email(&pin_email("b@example.com"), t0())
+            .unwrap();
+        assert!(a < b);
+        let due: Vec<u64> = store
+            .due_emails(t0())
+            .unwrap()
+            .iter()
+            .map(|q| q.id)
+            .collect();
+        assert_eq!(due, [a, b]);
+        assert!(store.due_emails(t0() - MIN).unwrap().is_empty());
+        assert_eq!(store.next_email_attempt().unwrap(), Some(t0()));
+        let q = store.email(a).unwrap().unwrap();
+        assert_eq!(
+            (q.state, q.attempts, q.next_attempt_at),
+            (DeliveryState::Queued, 0, t0())
+        );
+        assert_eq!(store.email(b + 1).unwrap(), None);
+    }
+
+    #[test]
+    fn a_failed_attempt_is_counted_and_waits_for_its_retry() {
+        let (_dir, store) = open();
+        let id = store
+            .enqueue_email(&pin_email("a@example.com"), t0())
+            .unwrap();
+        let retry = t0() + Duration::from_secs(5);
+        let q = store
+            .record_attempt_failure(id, "connection refused", retry)
+            .unwrap();
+        assert_eq!(q.attempts, 1);
+        assert_eq!(q.last_error.as_deref(), Some("connection refused"));
+        assert_eq!(q.state, DeliveryState::Queued);
+        assert!(q.email.is_some(), "kept until delivered");
+        assert!(
+            store
+                .due_emails(retry - Duration::from_millis(1))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.due_emails(retry).unwrap().len(), 1);
+        assert_eq!(store.next_email_attempt().unwrap(), Some(retry));
+        assert_eq!(store.email(id).unwrap().unwrap(), q, "persisted");
+        assert!(matches!(
+            store.record_attempt_failure(id + 1, "x", retry),
+            Err(StoreError::EmailNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn delivery_drops_the_body_and_keeps_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let id = {
+            let store = Store::open(&data).unwrap();
+            let id = store
+                .enqueue_email(&pin_email("a@example.com"), t0())
+                .unwrap();
+            store.record_attempt_failure(id, "timeout", t0()).unwrap();
+            let q = store.mark_delivered(id, t0() + MIN).unwrap();
+            assert_eq!(q.state, DeliveryState::Delivered);
+            assert_eq!(q.email, None);
+            assert_eq!(
+                q.attempts, 2,
+                "the failed attempt and the one that delivered"
+            );
+            assert_eq!(q.last_error, None);
+            // Idempotent: a second mark changes nothing, a late failure neither.
+            assert_eq!(store.mark_delivered(id, t0() + 2 * MIN).unwrap(), q);
+            assert_eq!(store.record_attempt_failure(id, "late", t0()).unwrap(), q);
+            id
+        };
+        // Reopened: the record is there, the PIN is not, nothing is due.
+        let store = Store::open(&data).unwrap();
+        let q = store.email(id).unwrap().unwrap();
+        assert_eq!(
+            (q.state, q.to.as_str(), q.subject.as_str()),
+            (DeliveryState::Delivered, "a@example.com", "Your new PIN")
+        );
+        assert!(store.due_emails(t0() + 60 * MIN).unwrap().is_empty());
+        assert_eq!(store.next_email_attempt().unwrap(), None);
+        let raw: Vec<u8> = store
+            .outbox
+            .get(id.to_be_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        assert!(!String::from_utf8_lossy(&raw).contains("48213"));
+    }
+
+    #[test]
+    fn records_without_retry_fields_decode_as_due() {
+        let (_dir, store) = open();
+        let old = br#"{"id":9,"to":"a@example.com","subject":"s","state":"queued","attempts":0,"queued_at":1750000000000,"last_error":null,"email":null}"#;
+        store
+            .outbox
+            .insert(9u64.to_be_bytes(), old.as_slice())
+            .unwrap();
+        let q = store.email(9).unwrap().unwrap();
+        assert_eq!((q.next_attempt_at, q.delivered_at), (UNIX_EPOCH, None));
+        assert_eq!(store.due_emails(t0()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn delivered_records_are_pruned_after_the_retention() {
+        let (_dir, store) = open();
+        let old = store
+            .enqueue_email(&pin_email("a@example.com"), t0())
+            .unwrap();
+        let queued = store
+            .enqueue_email(&pin_email("b@example.com"), t0())
+            .unwrap();
+        store.mark_delivered(old, t0()).unwrap();
+        let later = t0() + DELIVERED_EMAIL_RETENTION;
+        assert_eq!(store.prune_delivered_emails(later - MIN).unwrap(), 0);
+        assert_eq!(store.prune_delivered_emails(later).unwrap(), 1);
+        let left: Vec<u64> = store.emails().unwrap().iter().map(|q| q.id).collect();
+        assert_eq!(left, [queued], "queued mail is never pruned");
+    }
+
+    #[test]
+    fn debug_of_a_queued_email_never_shows_the_body() {
+        let (_dir, store) = open();
+        let id = store
+            .enqueue_email(&pin_email("a@example.com"), t0())
+            .unwrap();
+        let q = store.email(id).unwrap().unwrap();
+        for text in [
+            format!("{q:?}"),
+            format!("{q:#?}"),
+            format!("{:?}", q.email),
+        ] {
+            assert!(!text.contains("48213"), "{text}");
+            assert!(text.contains("a@example.com"), "{text}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`rtp::RtpReceiver`] / [`rtp::RtpSender`] are the caller's media socket: parse RTP,
 //!   decode G.711 with the independent decoder in [`g711`], check rate and sequence, and
 //!   [`rtp::best_correlation`] proves what was heard.
+//! - [`smtp::SmtpServer`] is a real SMTP server (aiosmtpd) that keeps what it receives in a
+//!   Maildir; it can be stopped and started again on the same port.
 //! - [`sipp`] finds and runs SIPp; [`audio`] decodes reference audio with sox.
 //! - [`torture`] is the RFC 4475/5118 corpus in `../shared/sip-torture/` with the status
 //!   each message must get, shared by the sans-IO and the over-the-wire torture tests.
@@ -28,6 +30,7 @@ pub mod rtp;
 pub mod server;
 pub mod sip;
 pub mod sipp;
+pub mod smtp;
 pub mod torture;
 
 use std::time::{Duration, Instant};

@@ -41,7 +41,11 @@ pub struct ServerBuilder {
     log_level: String,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    prepare: Vec<PrepareDataDir>,
 }
+
+/// Work done on the data directory before the server starts.
+type PrepareDataDir = Box<dyn FnOnce(&Path)>;
 
 impl ServerBuilder {
     /// Uses this RTP range instead of one from a reserved [`PortBlock`]. The caller then
@@ -72,6 +76,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs `f` on the data directory before the server starts (after the organizers are
+    /// added), e.g. to leave work in the store as a killed server would.
+    pub fn prepare_data_dir(mut self, f: impl FnOnce(&Path) + 'static) -> Self {
+        self.prepare.push(Box::new(f));
+        self
+    }
+
     /// Creates organizer `id` with `pinbridge users add ID --email ID EXTRA…` in the data
     /// directory before the server starts; [`Server::organizer`] gives its conference ID and
     /// PIN.
@@ -96,6 +107,9 @@ impl ServerBuilder {
             .iter()
             .map(|(id, extra)| add_organizer(&data_dir.path().join("data"), id, extra, &self.env))
             .collect();
+        for f in self.prepare {
+            f(&data_dir.path().join("data"));
+        }
         let log_path = data_dir.path().join("server-stderr.log");
         let log_file = File::create(&log_path).expect("creating the log file");
 
@@ -216,6 +230,7 @@ impl Server {
             log_level: "debug".into(),
             extra_args: Vec::new(),
             env: Vec::new(),
+            prepare: Vec::new(),
         }
     }
 

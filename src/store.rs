@@ -543,6 +543,8 @@ pub struct Store {
     audit: sled::Tree,
     /// Email waiting for delivery (and the record of delivered ones), by queue id.
     outbox: sled::Tree,
+    /// One-time sign-in links of the self-service page, by the BLAKE2 hash of the token.
+    sign_in_links: sled::Tree,
     sled_dir: PathBuf,
     policy: LockoutPolicy,
     /// The last pepper [`Store::check_pepper`] accepted, so the argon2 check runs once.
@@ -580,6 +582,7 @@ impl Store {
             lockouts: tree("lockouts")?,
             audit: tree("audit")?,
             outbox: tree("outbox")?,
+            sign_in_links: tree("sign_in_links")?,
             db,
             sled_dir,
             policy: LockoutPolicy::default(),
@@ -1278,6 +1281,70 @@ impl Store {
     }
 }
 
+/// How long an emailed sign-in link stays good.
+pub const SIGN_IN_LINK_TTL: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Serialize, Deserialize)]
+struct SignInLink {
+    user: UserId,
+    #[serde(with = "unix_millis")]
+    expires_at: SystemTime,
+}
+
+impl Store {
+    // ---- self-service sign-in links -------------------------------------------------------
+
+    /// A new one-time sign-in token for `user`, good for [`SIGN_IN_LINK_TTL`]. Only its hash
+    /// is stored, so the store never holds a usable link; the token goes into the email.
+    pub fn create_sign_in_token(
+        &self,
+        user: &UserId,
+        now: SystemTime,
+    ) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill(&mut bytes[..]);
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let link = SignInLink {
+            user: user.clone(),
+            expires_at: now + SIGN_IN_LINK_TTL,
+        };
+        self.sign_in_links
+            .insert(token_key(&token), encode(&link))?;
+        // Old links are swept here rather than by a timer: they are only ever looked up.
+        for kv in self.sign_in_links.iter() {
+            let (key, value) = kv?;
+            let expired =
+                decode::<SignInLink>("sign-in link", &value).map_or(true, |l| l.expires_at <= now);
+            if expired {
+                self.sign_in_links.remove(key)?;
+            }
+        }
+        self.persist()?;
+        Ok(token)
+    }
+
+    /// Uses up `token`: the user it signs in, if it exists and has not expired. A token works
+    /// once, whatever the answer.
+    pub fn consume_sign_in_token(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Option<UserId>, StoreError> {
+        let Some(value) = self.sign_in_links.remove(token_key(token))? else {
+            return Ok(None);
+        };
+        self.persist()?;
+        let link: SignInLink = decode("sign-in link", &value)?;
+        Ok((now < link.expires_at).then_some(link.user))
+    }
+}
+
+/// The key a sign-in token is stored under: BLAKE2b-256 of the token.
+fn token_key(token: &str) -> Vec<u8> {
+    use blake2::Digest;
+    blake2::Blake2b::<blake2::digest::consts::U32>::digest(token.as_bytes()).to_vec()
+}
+
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
@@ -1576,6 +1643,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("data")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn a_sign_in_token_works_once_before_it_expires_and_is_stored_only_hashed() {
+        let (_dir, store) = open();
+        let amos = UserId("amos@contoso.com".into());
+        let token = store.create_sign_in_token(&amos, t0()).unwrap();
+        assert_eq!(token.len(), 64);
+        for kv in store.sign_in_links.iter() {
+            let (key, value) = kv.unwrap();
+            let raw = [key.as_ref(), value.as_ref()].concat();
+            assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
+        }
+        assert_eq!(store.consume_sign_in_token("nonsense", t0()).unwrap(), None);
+        assert_eq!(
+            store.consume_sign_in_token(&token, t0() + MIN).unwrap(),
+            Some(amos.clone())
+        );
+        assert_eq!(
+            store.consume_sign_in_token(&token, t0() + MIN).unwrap(),
+            None,
+            "used"
+        );
+
+        let late = store.create_sign_in_token(&amos, t0()).unwrap();
+        let after = t0() + SIGN_IN_LINK_TTL;
+        assert_eq!(
+            store.consume_sign_in_token(&late, after).unwrap(),
+            None,
+            "expired"
+        );
+
+        // Expired links are swept when a new one is made.
+        let _stale = store.create_sign_in_token(&amos, t0()).unwrap();
+        let _fresh = store.create_sign_in_token(&amos, after + MIN).unwrap();
+        assert_eq!(store.sign_in_links.len(), 1);
     }
 
     #[test]

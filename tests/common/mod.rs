@@ -23,6 +23,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod audio;
+pub mod browser;
 pub mod g711;
 pub mod ports;
 pub mod process;

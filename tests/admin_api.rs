@@ -366,14 +366,8 @@ fn each_operation_over_http() {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    for action in [
-        "user.enable",
-        "tenant.settings",
-        "user.reset_pin",
-        "user.reset_conference_id",
-        "user.disable",
-        "pin.lockout_clear",
-    ] {
+    let expected = [common::ADMIN_CHANGE_ACTIONS, &["pin.lockout_clear"]].concat();
+    for action in expected {
         assert!(actions.contains(&action), "{action} not in {actions:?}");
     }
     assert!(
@@ -495,4 +489,147 @@ fn listening_beyond_loopback_without_a_token_is_refused() {
             && stderr.contains("PINBRIDGE_ADMIN_TOKEN"),
         "{stderr}"
     );
+}
+
+// ---- end to end: the API's lockouts and disable against real calls ----
+
+/// The "not correct" prompt, after which the PIN prompt takes keys again (as tests/meeting.rs).
+const PIN_INCORRECT_PROMPT: Duration = Duration::from_millis(3000);
+/// How long a step of the call flow may take to show in the log.
+const STEP_WAIT: Duration = Duration::from_secs(30);
+
+/// A dial-in caller that keys with SIP INFO (`application/dtmf`).
+struct InfoCaller {
+    client: common::SipClient,
+    d: common::Dialed,
+    _rtp: common::RtpReceiver,
+}
+
+impl InfoCaller {
+    fn dial(server: &Server, conference: &str) -> InfoCaller {
+        let mut client = common::SipClient::udp(server.sip_addr());
+        let rtp = common::RtpReceiver::bind();
+        let offer = common::SdpOffer::new(rtp.addr()).pcmu();
+        let d = common::dial(&mut client, conference, &offer);
+        InfoCaller {
+            client,
+            d,
+            _rtp: rtp,
+        }
+    }
+
+    fn keys(&mut self, keys: &str) {
+        for key in keys.chars() {
+            let body = key.to_string();
+            self.client.request(
+                &mut self.d.call,
+                "INFO",
+                &[],
+                Some(("application/dtmf", &body)),
+            );
+            let resp = self
+                .client
+                .expect_final(&mut self.d.call, "INFO", common::SIP_STEP);
+            assert_eq!(resp.status(), Some(200), "INFO {key}");
+        }
+    }
+
+    /// Waits until this call has logged `needle` `n` times.
+    fn wait_log(&self, server: &Server, needle: &str, n: usize) {
+        let call = format!("call_id={} ", self.d.call.call_id);
+        let ok = common::wait_until(STEP_WAIT, Duration::from_millis(50), || {
+            server.log_lines_with(&[needle, &call]).len() >= n
+        });
+        assert!(
+            ok,
+            "call never logged {needle:?} ({n}×)\n{}",
+            server.log_tail()
+        );
+    }
+
+    /// `*`, then each PIN followed by `#`, waiting for the verdict `expect` each time.
+    fn organizer_pins(&mut self, server: &Server, pins: &[&str], expect: &str) {
+        self.wait_log(server, "waiting in the lobby", 1);
+        self.keys("*");
+        self.wait_log(server, "organizer PIN entry", 1);
+        for (n, pin) in pins.iter().enumerate() {
+            if n > 0 {
+                std::thread::sleep(PIN_INCORRECT_PROMPT);
+            }
+            self.keys(&format!("{pin}#"));
+            self.wait_log(server, expect, n + 1);
+        }
+    }
+
+    fn hang_up(mut self) {
+        self.client.bye(&mut self.d.call);
+        let _ = self.client.recv(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn lockouts_from_real_calls_are_listed_and_cleared_and_disable_stops_the_pin() {
+    let server = Server::builder()
+        .organizer("amos.marble@contoso.com", &[])
+        .log_level("info")
+        .start();
+    let org = server.organizer("amos.marble@contoso.com").clone();
+    let wrong: Vec<String> = (1..=5)
+        .map(|i| {
+            format!(
+                "{:05}",
+                (org.pin.parse::<u32>().unwrap() + 11_111 * i) % 100_000
+            )
+        })
+        .collect();
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+
+    // Five wrong PINs over two calls lock the conference.
+    let mut first = InfoCaller::dial(&server, &org.conference);
+    first.organizer_pins(&server, &wrong[..3], "organizer PIN wrong");
+    let bye = first.client.expect_request(&first.d.call, "BYE", STEP_WAIT);
+    first.client.respond(&bye, 200, "OK");
+    let mut second = InfoCaller::dial(&server, &org.conference);
+    second.organizer_pins(&server, &wrong[3..4], "organizer PIN wrong");
+    std::thread::sleep(PIN_INCORRECT_PROMPT);
+    second.keys(&format!("{}#", wrong[4]));
+    second.wait_log(&server, "locked out", 1);
+    second.hang_up();
+
+    let locked = admin(&server, "GET", "/api/lockouts", None);
+    assert_eq!(locked.status, 200);
+    let list = locked.body.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{}", locked.raw);
+    assert_eq!(list[0]["conference_id"], org.conference.as_str());
+    assert_eq!(list[0]["user_id"], "amos.marble@contoso.com");
+    assert!(list[0]["until"].as_str().unwrap().ends_with('Z'));
+    let path = format!("/api/lockouts/{}", org.conference);
+    let cleared = admin(&server, "DELETE", &path, None);
+    assert_eq!(cleared.status, 204, "{}", cleared.raw);
+    assert_eq!(admin(&server, "GET", "/api/lockouts", None).body, json!([]));
+
+    // Unlocked: the right PIN starts the meeting again.
+    let mut third = InfoCaller::dial(&server, &org.conference);
+    third.organizer_pins(&server, &[&org.pin], "organizer PIN verified");
+    third.hang_up();
+
+    // Disabled: the bridge no longer knows the conference, so the PIN starts nothing.
+    let path = format!("/api/users/{}/disable", org.id);
+    assert_eq!(admin(&server, "POST", &path, None).status, 200);
+    let mut fourth = InfoCaller::dial(&server, &org.conference);
+    fourth.wait_log(&server, "dialled conference ID unknown", 1);
+    fourth.keys(&format!("{}#*{}#", org.conference, org.pin));
+    std::thread::sleep(Duration::from_secs(2));
+    let call = format!("call_id={} ", fourth.d.call.call_id);
+    assert!(
+        server
+            .log_lines_with(&["organizer PIN verified", &call])
+            .is_empty()
+    );
+    assert!(
+        server
+            .log_lines_with(&["waiting in the lobby", &call])
+            .is_empty()
+    );
+    fourth.hang_up();
 }

@@ -765,6 +765,8 @@ mod tests {
         assert_eq!(e.user.pin_length, Some(5));
         assert_eq!(e.user.pin.as_deref(), Some("*****"));
         assert!(matches!(check(&s, &e.user, &e.pin), PinCheck::Verified(_)));
+        let conference = ConferenceId(e.user.conference_id.clone());
+        assert_eq!(pin::weakness(e.pin.expose(), &conference), None);
         let EmailOutcome::Queued { id, to } = &e.email else {
             panic!("{:?}", e.email)
         };
@@ -848,6 +850,8 @@ mod tests {
             .reset_pin(&admin(), "a@example.com", &EmailOptions::default(), t0())
             .unwrap();
         assert_ne!(r.pin, e.pin);
+        let conference = ConferenceId(r.user.conference_id.clone());
+        assert_eq!(pin::weakness(r.pin.expose(), &conference), None);
         assert!(matches!(check(&s, &r.user, &r.pin), PinCheck::Verified(_)));
         assert!(matches!(check(&s, &e.user, &e.pin), PinCheck::Wrong(_)));
         let mails = bodies(&s);

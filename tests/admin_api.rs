@@ -241,6 +241,20 @@ fn errors_are_problem_json_with_the_right_status() {
         "not a conference ID",
     );
     assert_problem(
+        &admin(&server, "GET", "/api/users/%FF%FE", None),
+        400,
+        "UTF-8",
+    );
+    let huge = format!("{{\"id\": \"{}\"}}", "x".repeat(3 * 1024 * 1024));
+    let too_big = http(
+        &server,
+        "POST",
+        "/api/users",
+        Some(&server.admin_token()),
+        Some(&huge),
+    );
+    assert_problem(&too_big, 413, "length limit");
+    assert_problem(
         &admin(&server, "GET", "/api/nothing", None),
         404,
         "no such route",

@@ -213,7 +213,37 @@ pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
         .merge(extra)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::map_response(problem_for_plain_errors))
         .with_state(state)
+}
+
+/// Turns error responses that are not problem JSON yet (axum's own rejections: a path that is
+/// not UTF-8, a body over the size limit) into problems, so every error has one shape.
+async fn problem_for_plain_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == "application/problem+json");
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let kind = match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        s if s.is_server_error() => "internal",
+        _ => "client-error",
+    };
+    Problem::new(status, kind, detail).into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves (then finishes open requests).

@@ -535,4 +535,28 @@ mod tests {
         assert!(err.contains("admin_token") && err.contains("16"), "{err}");
         assert!(admin_settings(None, Some("nope"), None, None).is_err());
     }
+
+    #[test]
+    fn admin_keys_are_read_from_the_toml_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "http_listen = \"0.0.0.0:8081\"\nadmin_token = \"a-file-token-0123456789\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(file);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.http_listen, "0.0.0.0:8081".parse().unwrap());
+        // The environment may hold a token of its own; the file's is used only without one.
+        if std::env::var_os("PINBRIDGE_ADMIN_TOKEN").is_none() {
+            assert_eq!(c.admin_token.as_deref(), Some("a-file-token-0123456789"));
+        }
+        a.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            Config::load(&a).unwrap().http_listen,
+            "127.0.0.1:0".parse().unwrap()
+        );
+    }
 }

@@ -348,6 +348,9 @@ impl Service {
                 )));
             }
             Some(_) => {
+                // Three durable steps, in the order that keeps the old PIN from ever working
+                // again: details, new PIN, then enabled. A crash between them leaves the user
+                // disabled, and enabling again completes it.
                 self.store.update_user(&new.id, |u| {
                     u.display_name = new.display_name.clone();
                     u.email = new.email.clone();

@@ -81,6 +81,12 @@ pub struct ServeArgs {
     pub demo: bool,
     #[command(flatten)]
     pub mail: MailArgs,
+    // ---- admin HTTP API (issue 5) ----
+    /// Address of the admin HTTP API (port 0 picks a free port) [default: 127.0.0.1:8080].
+    /// Beyond loopback it needs PINBRIDGE_ADMIN_TOKEN or `admin_token` (no flag: `ps` would
+    /// show it).
+    #[arg(long, env = "PINBRIDGE_HTTP_LISTEN", value_name = "IP:PORT")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 // ---- email (issue 5) -------------------------------------------------------------------------
@@ -249,7 +255,19 @@ pub struct Config {
     pub pin_pepper: Option<String>,
     /// Outgoing email: SMTP, or the outbox folder.
     pub mail: MailConfig,
+    // ---- admin HTTP API (issue 5) ----
+    /// Where the admin HTTP API listens.
+    pub http_listen: SocketAddr,
+    /// The admin API's bearer token, if configured (env `PINBRIDGE_ADMIN_TOKEN` or TOML
+    /// `admin_token`; no flag). Else `<data_dir>/admin-token`, generated on first run, and
+    /// then only a loopback `http_listen` is allowed.
+    pub admin_token: Option<String>,
 }
+
+/// The admin API's default address: loopback, so a fresh install exposes nothing.
+pub const DEFAULT_HTTP_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+/// A configured admin token shorter than this is refused: it would be guessable.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// A setting that cannot work, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +312,8 @@ struct FileConfig {
     smtp_password: Option<String>,
     mail_from: Option<String>,
     outbox_dir: Option<PathBuf>,
+    http_listen: Option<String>,
+    admin_token: Option<String>,
 }
 
 impl Config {
@@ -434,7 +454,15 @@ impl Config {
             // The IVR plays the lobby reminder (it knows when a caller is keying a PIN).
             lobby_reminder: None,
         };
+        let (http_listen, admin_token) = admin_settings(
+            args.http_listen,
+            file.http_listen.as_deref(),
+            std::env::var("PINBRIDGE_ADMIN_TOKEN").ok(),
+            file.admin_token,
+        )?;
         Ok(Config {
+            http_listen,
+            admin_token,
             sip_listen,
             rtp_ports,
             data_dir,
@@ -453,6 +481,46 @@ impl Config {
             mail,
         })
     }
+}
+
+/// The admin API's address and token (issue 5): a listener beyond loopback without a
+/// configured token is refused, so the API is never reachable from the network with only a
+/// token generated into a file nobody was told about.
+fn admin_settings(
+    flag: Option<SocketAddr>,
+    file: Option<&str>,
+    env_token: Option<String>,
+    file_token: Option<String>,
+) -> Result<(SocketAddr, Option<String>), ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    let http_listen = match (flag, file) {
+        (Some(a), _) => a,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|_| invalid("http_listen", format!("{s:?} is not an IP:PORT address")))?,
+        (None, None) => DEFAULT_HTTP_LISTEN,
+    };
+    let admin_token = env_token.filter(|t| !t.is_empty()).or(file_token);
+    if let Some(token) = &admin_token
+        && (token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(|c| !c.is_ascii_graphic()))
+    {
+        return Err(invalid(
+            "admin_token",
+            format!(
+                "must be at least {MIN_ADMIN_TOKEN_LEN} printable ASCII characters without spaces (got {})",
+                token.len()
+            ),
+        ));
+    }
+    if !http_listen.ip().is_loopback() && admin_token.is_none() {
+        return Err(invalid(
+            "http_listen",
+            format!(
+                "{http_listen} is reachable beyond this machine, so the admin API needs a token: set PINBRIDGE_ADMIN_TOKEN or admin_token in the config file"
+            ),
+        ));
+    }
+    Ok((http_listen, admin_token))
 }
 
 fn check_dir(key: &'static str, dir: &Path) -> Result<(), ConfigError> {
@@ -668,6 +736,64 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("log_level")
+        );
+    }
+
+    // ---- admin HTTP API (issue 5) ----
+
+    #[test]
+    fn admin_listener_defaults_to_loopback_and_needs_a_token_beyond_it() {
+        let loopback = admin_settings(None, None, None, None).unwrap();
+        assert_eq!(loopback, (DEFAULT_HTTP_LISTEN, None));
+        let wide: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let err = admin_settings(Some(wide), None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http_listen") && err.contains("PINBRIDGE_ADMIN_TOKEN"),
+            "{err}"
+        );
+        let token = "0123456789abcdef-token".to_string();
+        let ok = admin_settings(Some(wide), None, Some(token.clone()), None).unwrap();
+        assert_eq!(ok, (wide, Some(token.clone())));
+        // The file's address is used without a flag; the environment's token wins.
+        let (addr, t) = admin_settings(
+            None,
+            Some("[::1]:9000"),
+            Some(token.clone()),
+            Some("file-token-0123456789".into()),
+        )
+        .unwrap();
+        assert_eq!(addr, "[::1]:9000".parse().unwrap());
+        assert_eq!(t, Some(token));
+        let err = admin_settings(None, None, Some("short".into()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin_token") && err.contains("16"), "{err}");
+        assert!(admin_settings(None, Some("nope"), None, None).is_err());
+    }
+
+    #[test]
+    fn admin_keys_are_read_from_the_toml_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "http_listen = \"0.0.0.0:8081\"\nadmin_token = \"a-file-token-0123456789\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(file);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.http_listen, "0.0.0.0:8081".parse().unwrap());
+        // The environment may hold a token of its own; the file's is used only without one.
+        if std::env::var_os("PINBRIDGE_ADMIN_TOKEN").is_none() {
+            assert_eq!(c.admin_token.as_deref(), Some("a-file-token-0123456789"));
+        }
+        a.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            Config::load(&a).unwrap().http_listen,
+            "127.0.0.1:0".parse().unwrap()
         );
     }
 }

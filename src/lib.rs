@@ -4,6 +4,7 @@
 //! Protocol and call logic are sans-IO state machines (`sip::transaction`, `sip::endpoint`,
 //! `media::rtp`), driven by the thin tokio layer in `server` and `media::engine`.
 
+pub mod admin;
 pub mod audio;
 pub mod bridge;
 pub mod calls;

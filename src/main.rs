@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use pinbridge::admin::api::AdminToken;
 use pinbridge::audio::Assets;
 use pinbridge::config::{Config, ServeArgs};
 use pinbridge::pin::{self, Pepper};
@@ -32,8 +33,11 @@ enum Command {
     /// Every flag can also be set with its PINBRIDGE_* environment variable or in the TOML
     /// file given with --config (key = flag name with underscores). Flags win over the
     /// environment, which wins over the file. When the server is ready it prints one line on
-    /// stdout: `pinbridge ready sip=IP:PORT`; logs go to stderr.
+    /// stdout: `pinbridge ready sip=IP:PORT http=IP:PORT`; logs go to stderr.
     Serve(Box<ServeArgs>),
+    /// Administration through the running server's admin HTTP API: users, PINs, conference
+    /// IDs, lockouts, tenant settings, audit log, emails.
+    Admin(pinbridge::admin::client::AdminArgs),
     /// Organizers, straight in the store: only while the server is not running (sled allows
     /// one process).
     Users(UsersArgs),
@@ -74,6 +78,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Users(args) => users(args),
+        Command::Admin(args) => {
+            let mut out = std::io::stdout().lock();
+            pinbridge::admin::client::run(args, &mut out)?;
+            Ok(())
+        }
         Command::Dtmf(DtmfCommand::Detect { file, json }) => dtmf_detect(&file, json),
     }
 }
@@ -114,10 +123,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         seed_demo(&store, &pepper)?;
     }
+    // Admin API token (issue 5): configured, or generated into <data_dir>/admin-token.
+    let (admin_token, created) =
+        AdminToken::load_or_create(cfg.admin_token.as_deref(), &cfg.data_dir)
+            .with_context(|| format!("admin token in {}", cfg.data_dir.display()))?;
+    if created {
+        tracing::info!(
+            path = %cfg.data_dir.join(AdminToken::FILE_NAME).display(),
+            "generated the admin API token; `pinbridge admin` on this machine reads it from there"
+        );
+    }
     let services = pinbridge::server::Services {
         store: Arc::new(store),
         pepper: Arc::new(pepper),
         mail_wake: Arc::default(),
+        admin_token: Arc::new(admin_token),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,9 +148,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cfg,
             Arc::new(assets),
             services,
-            |addr| {
+            |ready| {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "pinbridge ready sip={addr}");
+                let _ = writeln!(out, "{ready}");
                 let _ = out.flush();
             },
             pinbridge::server::shutdown_signal(),

@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
+use crate::admin::Service;
+use crate::admin::api::{self, AdminToken, ApiState};
 use crate::audio::Assets;
 use crate::calls::Calls;
 use crate::config::Config;
@@ -31,7 +33,28 @@ pub struct Services {
     pub pepper: Arc<Pepper>,
     /// Wakes the email delivery worker: call `notify_one()` after `Store::enqueue_email`.
     pub mail_wake: Arc<tokio::sync::Notify>,
+    /// Bearer token of the admin HTTP API (issue 5).
+    pub admin_token: Arc<AdminToken>,
 }
+
+/// The bound addresses, reported once everything listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    /// SIP, UDP and TCP.
+    pub sip: SocketAddr,
+    /// The admin HTTP API.
+    pub http: SocketAddr,
+}
+
+impl std::fmt::Display for Ready {
+    /// The stdout ready line: `pinbridge ready sip=IP:PORT http=IP:PORT`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pinbridge ready sip={} http={}", self.sip, self.http)
+    }
+}
+
+/// How long open admin requests may take to finish after the SIP side has shut down.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Far enough in the future to mean "no timer".
 const IDLE: Duration = Duration::from_secs(3600);
@@ -44,6 +67,11 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("binding the admin HTTP API on {addr}: {source}")]
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("starting media: {0}")]
     Media(String),
     #[error("setting up email: {0}")]
@@ -52,13 +80,14 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// Binds, then reports the bound SIP address through `ready`, then serves until `shutdown`
-/// resolves; then hangs up every call and waits (at most `shutdown_grace`) for the BYEs.
+/// Binds, then reports the bound SIP and HTTP addresses through `ready`, then serves until
+/// `shutdown` resolves; then hangs up every call and waits (at most `shutdown_grace`) for the
+/// BYEs, and stops the admin API.
 pub async fn run(
     cfg: Config,
     assets: Arc<Assets>,
     services: Services,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Ready),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let mailer = crate::notify::Mailer::new(&cfg.mail)?;
@@ -88,8 +117,38 @@ pub async fn run(
     let (tcp_tx, mut tcp_rx) = mpsc::channel(1024);
     spawn_tcp_acceptor(listeners.tcp, tcp_tx);
     let udp = listeners.udp;
-    info!(sip = %local, rtp = ?cfg.rtp_ports, "pinbridge listening");
-    ready(local);
+    // ---- admin HTTP API (issue 5): its own listener and task, the same store and pepper.
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|source| ServerError::BindHttp {
+            addr: cfg.http_listen,
+            source,
+        })?;
+    let http_local = http_listener.local_addr()?;
+    let router = api::router(ApiState {
+        service: Service::new(
+            services.store.clone(),
+            services.pepper.clone(),
+            services.mail_wake.clone(),
+        ),
+        token: services.admin_token.clone(),
+    });
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        let stop = async {
+            let _ = http_stopped.await;
+        };
+        if let Err(e) = api::serve(http_listener, router, stop).await {
+            warn!(error = %e, "admin HTTP API stopped");
+        }
+    });
+    // ---- end admin HTTP API
+
+    info!(sip = %local, http = %http_local, rtp = ?cfg.rtp_ports, "pinbridge listening");
+    ready(Ready {
+        sip: local,
+        http: http_local,
+    });
 
     let delivery = crate::notify::Delivery::spawn(
         services.store.clone(),
@@ -168,6 +227,13 @@ pub async fn run(
         }
     }
     delivery.shutdown(cfg.shutdown_grace).await;
+    let _ = http_stop.send(());
+    if tokio::time::timeout(HTTP_SHUTDOWN_GRACE, http_task)
+        .await
+        .is_err()
+    {
+        warn!("admin HTTP requests still open after the grace period; exiting anyway");
+    }
     Ok(())
 }
 

@@ -156,7 +156,7 @@ pub struct NewUser {
 }
 
 impl NewUser {
-    fn validate(&self) -> Result<(), StoreError> {
+    pub fn validate(&self) -> Result<(), StoreError> {
         let bad_id = |reason: &str| {
             Err(StoreError::InvalidUserId {
                 id: self.id.0.clone(),
@@ -189,7 +189,7 @@ impl NewUser {
 
 /// A deliverable-looking address: `local@domain.tld`, no display name, no `[IP]` literal
 /// (RFC 5322 `addr-spec` as checked by the `email_address` crate, plus a required TLD).
-fn validate_email(email: &str) -> Result<(), StoreError> {
+pub fn validate_email(email: &str) -> Result<(), StoreError> {
     let options = email_address::Options::default()
         .without_display_text()
         .without_domain_literal()
@@ -413,6 +413,11 @@ pub mod audit {
     pub const PIN_LOCKOUT: &str = "pin.lockout";
     pub const LOCKOUT_CLEAR: &str = "pin.lockout_clear";
     pub const SETTINGS_SET: &str = "tenant.settings";
+    // Issue 5, the admin service (`crate::admin::service`).
+    pub const USER_ENABLE: &str = "user.enable";
+    pub const USER_DISABLE: &str = "user.disable";
+    pub const CONFERENCE_ID_RESET: &str = "user.reset_conference_id";
+    pub const EMAIL_QUEUE: &str = "email.queue";
     /// Actor for entries the store writes on a caller's behalf.
     pub const ACTOR_CALLER: &str = "caller";
     /// Actor for consequences the store decides itself (a lockout).
@@ -783,13 +788,7 @@ impl Store {
     pub fn reset_pin(&self, id: &UserId, pepper: &Pepper) -> Result<(User, Pin), StoreError> {
         self.check_pepper(pepper)?;
         let settings = self.tenant_settings()?;
-        let key = id.0.as_bytes();
-        loop {
-            let old_record = self
-                .users
-                .get(key)?
-                .ok_or_else(|| StoreError::UserNotFound(id.clone()))?;
-            let mut user: User = decode("user", &old_record)?;
+        self.swap_user(id, |mut user| {
             let pin = pin::generate(
                 settings.pin_length,
                 &user.conference_id,
@@ -799,14 +798,32 @@ impl Store {
             user.pin_hash = Some(pin::hash(&pin, pepper)?);
             user.pin_set_at = Some(now_whole_secs());
             user.pin_len = Some(settings.pin_length);
+            Ok((user, pin))
+        })
+    }
+
+    /// Replaces user `id` with what `change` makes of the stored record (compare-and-swap;
+    /// when the record changed underneath, by a concurrent reset or edit, `change` runs again
+    /// on the new one), durable before it returns.
+    fn swap_user<T>(
+        &self,
+        id: &UserId,
+        mut change: impl FnMut(User) -> Result<(User, T), StoreError>,
+    ) -> Result<(User, T), StoreError> {
+        let key = id.0.as_bytes();
+        loop {
+            let old_record = self
+                .users
+                .get(key)?
+                .ok_or_else(|| StoreError::UserNotFound(id.clone()))?;
+            let (user, extra) = change(decode("user", &old_record)?)?;
             let swapped =
                 self.users
                     .compare_and_swap(key, Some(old_record), Some(encode(&user)))?;
             if swapped.is_ok() {
                 self.persist()?;
-                return Ok((user, pin));
+                return Ok((user, extra));
             }
-            // Changed underneath us (a concurrent reset or edit): start again from it.
         }
     }
 
@@ -1343,6 +1360,71 @@ impl Store {
 fn token_key(token: &str) -> Vec<u8> {
     use blake2::Digest;
     blake2::Blake2b::<blake2::digest::consts::U32>::digest(token.as_bytes()).to_vec()
+}
+
+impl Store {
+    // ---- admin edits (issue 5) ------------------------------------------------------------
+
+    /// Applies `edit` to user `id` and stores the result (compare-and-swap, retried if the
+    /// record changed underneath), durable before it returns. The edit must not touch the
+    /// conference ID (see [`Store::reset_conference_id`]) or the PIN (see
+    /// [`Store::reset_pin`]); both are restored if it does.
+    pub fn update_user(
+        &self,
+        id: &UserId,
+        mut edit: impl FnMut(&mut User),
+    ) -> Result<User, StoreError> {
+        let (user, ()) = self.swap_user(id, |old| {
+            let mut user = old.clone();
+            edit(&mut user);
+            user.id = old.id;
+            user.conference_id = old.conference_id;
+            user.pin_hash = old.pin_hash;
+            Ok((user, ()))
+        })?;
+        Ok(user)
+    }
+
+    /// Gives user `id` a new random conference ID at the tenant's current length; the old one
+    /// stops working as soon as this returns. Returns the updated user and the old ID.
+    pub fn reset_conference_id(&self, id: &UserId) -> Result<(User, ConferenceId), StoreError> {
+        self.reset_conference_id_with(id, random_conference_id)
+    }
+
+    fn reset_conference_id_with(
+        &self,
+        id: &UserId,
+        mut draw_conference_id: impl FnMut(u8) -> ConferenceId,
+    ) -> Result<(User, ConferenceId), StoreError> {
+        let settings = self.tenant_settings()?;
+        let key = id.0.as_bytes();
+        for _ in 0..CONFERENCE_ID_DRAWS {
+            let new_id = draw_conference_id(settings.conference_id_length);
+            let new_key = new_id.as_str().as_bytes();
+            let done = (&self.users, &self.conference_ids).transaction(|(users, ids)| {
+                let Some(record) = users.get(key)? else {
+                    return abort(StoreError::UserNotFound(id.clone()));
+                };
+                if ids.get(new_key)?.is_some() {
+                    return Ok(None);
+                }
+                let mut user: User =
+                    decode("user", &record).map_err(ConflictableTransactionError::Abort)?;
+                let old_id = std::mem::replace(&mut user.conference_id, new_id.clone());
+                ids.remove(old_id.as_str().as_bytes())?;
+                ids.insert(new_key, key)?;
+                users.insert(key, encode(&user))?;
+                Ok(Some((user, old_id)))
+            });
+            if let Some(done) = done.map_err(StoreError::from)? {
+                self.persist()?;
+                return Ok(done);
+            }
+        }
+        Err(StoreError::ConferenceIdsExhausted(
+            settings.conference_id_length,
+        ))
+    }
 }
 
 impl fmt::Debug for Store {
@@ -2535,6 +2617,62 @@ mod tests {
             .unwrap();
         assert_eq!(check, PinCheck::Disabled);
         assert_eq!(store.source_failures(ip(1), t0()).unwrap(), 0);
+    }
+
+    // ---- admin edits (issue 5) ----
+
+    #[test]
+    fn reset_conference_id_skips_taken_ids_and_frees_the_old_one() {
+        let (_dir, store) = open();
+        let (a, _) = store
+            .create_organizer_with(new_user("a@example.com"), &pepper(), |_| conf("5550123"))
+            .unwrap();
+        store
+            .create_organizer_with(new_user("b@example.com"), &pepper(), |_| conf("5550124"))
+            .unwrap();
+        let mut draws = ["5550124", "5550125"].into_iter();
+        let (moved, old) = store
+            .reset_conference_id_with(&a.id, |_| conf(draws.next().unwrap()))
+            .unwrap();
+        assert_eq!(old, conf("5550123"));
+        assert_eq!(moved.conference_id, conf("5550125"));
+        assert_eq!(store.user_by_conference(&conf("5550123")).unwrap(), None);
+        assert_eq!(
+            store.user_by_conference(&conf("5550125")).unwrap(),
+            Some(moved.clone())
+        );
+        assert_eq!(store.user(&a.id).unwrap(), Some(moved));
+        // b keeps theirs; an unknown user is not found.
+        let b = store
+            .user(&UserId("b@example.com".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.conference_id, conf("5550124"));
+        let err = store
+            .reset_conference_id(&UserId("nobody@example.com".into()))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UserNotFound(_)), "{err:?}");
+    }
+
+    #[test]
+    fn update_user_keeps_the_identity_id_and_pin() {
+        let (_dir, store) = open();
+        let (a, _) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        let edited = store
+            .update_user(&a.id, |u| {
+                u.enabled = false;
+                u.display_name = "Renamed".into();
+                u.conference_id = conf("1111111");
+                u.pin_hash = None;
+            })
+            .unwrap();
+        assert!(!edited.enabled);
+        assert_eq!(edited.display_name, "Renamed");
+        assert_eq!(edited.conference_id, a.conference_id);
+        assert_eq!(edited.pin_hash, a.pin_hash);
+        assert_eq!(store.user(&a.id).unwrap(), Some(edited));
     }
 
     // ---- outbox ------------------------------------------------------------------------------

@@ -129,3 +129,12 @@ pub fn hang_up(client: &mut SipClient, call: &mut Call) {
         client.fail(&format!("BYE answered {:?}, want 200", resp.start_line));
     }
 }
+
+/// The audit actions of the admin changes (issue 5) that the API and CLI tests perform.
+pub const ADMIN_CHANGE_ACTIONS: &[&str] = &[
+    pinbridge::store::audit::USER_ENABLE,
+    pinbridge::store::audit::SETTINGS_SET,
+    pinbridge::store::audit::PIN_RESET,
+    pinbridge::store::audit::CONFERENCE_ID_RESET,
+    pinbridge::store::audit::USER_DISABLE,
+];

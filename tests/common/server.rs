@@ -1,8 +1,9 @@
 //! The real `pinbridge` binary as a test fixture.
 //!
-//! `Server::start()` runs `pinbridge serve` on 127.0.0.1 port 0 with an RTP range from a
-//! reserved [`PortBlock`], a fresh data directory and the repository's `audio/`, then waits
-//! (at most [`READY_TIMEOUT`]) for the one stdout line `pinbridge ready sip=ADDR`. Stderr (the
+//! `Server::start()` runs `pinbridge serve` on 127.0.0.1 port 0 (SIP and the admin HTTP API)
+//! with an RTP range from a reserved [`PortBlock`], a fresh data directory and the
+//! repository's `audio/`, then waits (at most [`READY_TIMEOUT`]) for the one stdout line
+//! `pinbridge ready sip=ADDR http=ADDR`. Stderr (the
 //! logs) goes to a file the test can search. Dropping the fixture kills the process; when
 //! the test is panicking it also prints the tail of the logs.
 
@@ -21,8 +22,9 @@ use super::process::tail;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long `terminate` waits after SIGTERM (the server's own BYE wait is shorter).
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
-/// The prefix of the ready line; the SIP address follows.
+/// The prefix of the ready line; the SIP address follows, then ` http=` and the admin API's.
 const READY_PREFIX: &str = "pinbridge ready sip=";
+const READY_HTTP: &str = " http=";
 
 /// An organizer `pinbridge users add` created in the server's store before it started.
 #[derive(Clone, Debug)]
@@ -42,12 +44,19 @@ pub struct ServerBuilder {
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
     prepare: Vec<PrepareDataDir>,
+    http_listen: String,
 }
 
 /// Work done on the data directory before the server starts.
 type PrepareDataDir = Box<dyn FnOnce(&Path)>;
 
 impl ServerBuilder {
+    /// The admin API's `--http-listen` [default: 127.0.0.1:0].
+    pub fn http_listen(mut self, addr: &str) -> Self {
+        self.http_listen = addr.to_string();
+        self
+    }
+
     /// Uses this RTP range instead of one from a reserved [`PortBlock`]. The caller then
     /// answers for nobody else using it.
     pub fn rtp_ports(mut self, first: u16, last: u16) -> Self {
@@ -123,6 +132,7 @@ impl ServerBuilder {
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
             .args(["--log-level", &self.log_level])
+            .args(["--http-listen", &self.http_listen])
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -150,6 +160,7 @@ impl ServerBuilder {
             organizers,
             child,
             sip_addr: "127.0.0.1:0".parse().expect("literal address"),
+            http_addr: "127.0.0.1:0".parse().expect("literal address"),
             rtp_ports: (rtp_first, rtp_last),
             log_path,
             stdout: rx,
@@ -159,7 +170,7 @@ impl ServerBuilder {
             command_line,
             logs_shown: false,
         };
-        server.sip_addr = server.wait_ready();
+        (server.sip_addr, server.http_addr) = server.wait_ready();
         server
     }
 }
@@ -205,6 +216,7 @@ pub struct Server {
     organizers: Vec<Organizer>,
     child: Child,
     sip_addr: SocketAddr,
+    http_addr: SocketAddr,
     rtp_ports: (u16, u16),
     log_path: PathBuf,
     stdout: mpsc::Receiver<String>,
@@ -231,6 +243,7 @@ impl Server {
             extra_args: Vec::new(),
             env: Vec::new(),
             prepare: Vec::new(),
+            http_listen: "127.0.0.1:0".to_string(),
         }
     }
 
@@ -245,6 +258,26 @@ impl Server {
 
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip_addr
+    }
+
+    /// The admin HTTP API's address from the ready line.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// `http://IP:PORT` of the admin API.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The admin token the server generated into its data directory (when none was
+    /// configured).
+    pub fn admin_token(&self) -> String {
+        let path = self.data_dir().join("admin-token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_string()
     }
 
     /// The `--rtp-ports` range, inclusive.
@@ -359,7 +392,7 @@ impl Server {
         )
     }
 
-    fn wait_ready(&mut self) -> SocketAddr {
+    fn wait_ready(&mut self) -> (SocketAddr, SocketAddr) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -368,19 +401,25 @@ impl Server {
                 .recv_timeout(left.min(Duration::from_millis(100)))
             {
                 Ok(line) => {
-                    let Some(addr) = line.strip_prefix(READY_PREFIX) else {
+                    let Some((sip, http)) = line
+                        .strip_prefix(READY_PREFIX)
+                        .and_then(|rest| rest.split_once(READY_HTTP))
+                    else {
                         self.fail_start(&format!(
-                            "first stdout line is {line:?}, want \"{READY_PREFIX}127.0.0.1:PORT\""
+                            "first stdout line is {line:?}, want \"{READY_PREFIX}127.0.0.1:PORT{READY_HTTP}127.0.0.1:PORT\""
                         ));
                     };
-                    let addr: SocketAddr = addr.trim().parse().unwrap_or_else(|_| {
-                        self.fail_start(&format!("ready line has no socket address: {line:?}"))
-                    });
-                    assert!(
-                        addr.ip().is_loopback() && addr.port() != 0,
-                        "ready line names {addr}, want 127.0.0.1 and a real port"
-                    );
-                    return addr;
+                    let mut parse = |addr: &str| -> SocketAddr {
+                        let addr: SocketAddr = addr.trim().parse().unwrap_or_else(|_| {
+                            self.fail_start(&format!("ready line has no socket address: {line:?}"))
+                        });
+                        assert!(
+                            addr.ip().is_loopback() && addr.port() != 0,
+                            "ready line names {addr}, want 127.0.0.1 and a real port"
+                        );
+                        addr
+                    };
+                    return (parse(sip), parse(http));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {

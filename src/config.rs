@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// show it).
     #[arg(long, env = "PINBRIDGE_HTTP_LISTEN", value_name = "IP:PORT")]
     pub http_listen: Option<SocketAddr>,
+    /// The address users reach the self-service page at, for the sign-in links emailed to
+    /// them, e.g. https://meet.example.com [default: http://<http-listen address>].
+    #[arg(long, env = "PINBRIDGE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 // ---- email (issue 5) -------------------------------------------------------------------------
@@ -262,6 +266,8 @@ pub struct Config {
     /// `admin_token`; no flag). Else `<data_dir>/admin-token`, generated on first run, and
     /// then only a loopback `http_listen` is allowed.
     pub admin_token: Option<String>,
+    /// Base of the links in sign-in emails; `None`: `http://` and the bound HTTP address.
+    pub public_url: Option<String>,
 }
 
 /// The admin API's default address: loopback, so a fresh install exposes nothing.
@@ -314,6 +320,7 @@ struct FileConfig {
     outbox_dir: Option<PathBuf>,
     http_listen: Option<String>,
     admin_token: Option<String>,
+    public_url: Option<String>,
 }
 
 impl Config {
@@ -460,9 +467,14 @@ impl Config {
             std::env::var("PINBRIDGE_ADMIN_TOKEN").ok(),
             file.admin_token,
         )?;
+        let public_url = match args.public_url.clone().or(file.public_url.clone()) {
+            Some(url) => Some(public_url(&url)?),
+            None => None,
+        };
         Ok(Config {
             http_listen,
             admin_token,
+            public_url,
             sip_listen,
             rtp_ports,
             data_dir,
@@ -486,6 +498,29 @@ impl Config {
 /// The admin API's address and token (issue 5): a listener beyond loopback without a
 /// configured token is refused, so the API is never reachable from the network with only a
 /// token generated into a file nobody was told about.
+/// `http://` or `https://`, a host, an optional port and path, no query: the base of the
+/// links in sign-in emails. Trailing slashes are dropped.
+fn public_url(url: &str) -> Result<String, ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| {
+        let host = r.split('/').next().unwrap_or("");
+        !host.is_empty()
+            && !r.contains(['?', '#', ' ', '"', '<', '>'])
+            && r.chars().all(|c| c.is_ascii_graphic())
+    });
+    if !ok {
+        return Err(ConfigError::Invalid {
+            key: "public_url",
+            message: format!(
+                "{url:?} is not an http:// or https:// URL such as https://meet.example.com"
+            ),
+        });
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
 fn admin_settings(
     flag: Option<SocketAddr>,
     file: Option<&str>,

@@ -125,14 +125,21 @@ pub async fn run(
             source,
         })?;
     let http_local = http_listener.local_addr()?;
-    let router = api::router(ApiState {
-        service: Service::new(
-            services.store.clone(),
-            services.pepper.clone(),
-            services.mail_wake.clone(),
-        ),
-        token: services.admin_token.clone(),
-    });
+    let public_url = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_local}"));
+    let router = api::router_with(
+        ApiState {
+            service: Service::new(
+                services.store.clone(),
+                services.pepper.clone(),
+                services.mail_wake.clone(),
+            ),
+            token: services.admin_token.clone(),
+        },
+        crate::admin::web::routes(crate::admin::web::Web::new(public_url)),
+    );
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
         let stop = async {

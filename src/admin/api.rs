@@ -218,14 +218,14 @@ pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
 }
 
 /// Turns error responses that are not problem JSON yet (axum's own rejections: a path that is
-/// not UTF-8, a body over the size limit) into problems, so every error has one shape.
+/// not UTF-8, a body over the size limit) into problems, so every error has one shape. The
+/// self-service page's HTML error pages are meant for people and stay as they are.
 async fn problem_for_plain_errors(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v == "application/problem+json");
-    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+    let content_type = response.headers().get(header::CONTENT_TYPE);
+    let is_problem = content_type.is_some_and(|v| v == "application/problem+json");
+    let is_page = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if is_problem || is_page || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let body = axum::body::to_bytes(response.into_body(), 64 * 1024)

@@ -189,3 +189,269 @@ async fn sign_in_by_emailed_link_reset_the_pin_see_it_once_then_masked() {
     let logs = server.logs();
     assert!(!logs.contains(&shown), "the new PIN is in the server log");
 }
+
+// ---- over plain HTTP: who may do what ----------------------------------------------------
+
+/// One HTTP exchange with the page: status, headers we look at, body.
+struct Page {
+    status: u16,
+    set_cookies: Vec<String>,
+    location: Option<String>,
+    body: String,
+}
+
+/// A request to the server with optional cookies and a form body; redirects not followed.
+fn page(
+    server: &Server,
+    method: &str,
+    path: &str,
+    cookies: &[&str],
+    form: &[(&str, &str)],
+) -> Page {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", server.http_url()));
+    if !cookies.is_empty() {
+        req = req.header("Cookie", cookies.join("; "));
+    }
+    let body: String = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.replace('@', "%40")))
+        .collect::<Vec<_>>()
+        .join("&");
+    if method == "POST" {
+        req = req.header("Content-Type", "application/x-www-form-urlencoded");
+    }
+    let mut resp = agent
+        .run(req.body(body).unwrap())
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let headers = resp.headers();
+    let set_cookies = headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    let location = headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Page {
+        status: resp.status().as_u16(),
+        set_cookies,
+        location,
+        body: resp.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+/// `name=value` of the cookie `name` that `p` sets.
+fn cookie_set(p: &Page, name: &str) -> String {
+    p.set_cookies
+        .iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", p.set_cookies))
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The CSRF token in the page's first form.
+fn csrf_in(body: &str) -> String {
+    let at = body
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a csrf field")
+        + 19;
+    body[at..].split('"').next().unwrap().to_string()
+}
+
+fn pin_set_at(server: &Server, id: &str) -> String {
+    let a = page_admin(server, &format!("/api/users/{id}"));
+    a["pin_set_at"].as_str().unwrap().to_string()
+}
+
+fn page_admin(server: &Server, path: &str) -> serde_json::Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let req = ureq::http::Request::builder()
+        .uri(format!("{}{path}", server.http_url()))
+        .header("Authorization", format!("Bearer {}", server.admin_token()))
+        .body(String::new())
+        .unwrap();
+    let text = agent.run(req).unwrap().body_mut().read_to_string().unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn a_user_can_only_act_on_their_own_account_and_every_form_needs_its_token() {
+    let server = Server::builder()
+        .organizer("amos.marble@contoso.com", &[])
+        .organizer("lee.gu@contoso.com", &[])
+        .start();
+    let amos = server.organizer("amos.marble@contoso.com").clone();
+    let lee = server.organizer("lee.gu@contoso.com").clone();
+    let outbox_dir = server.data_dir().join("outbox");
+
+    // The sign-in form sets a CSRF cookie whose value the form carries.
+    let form = page(&server, "GET", "/self", &[], &[]);
+    assert_eq!(form.status, 200);
+    let csrf_cookie = cookie_set(&form, "pb_csrf");
+    let csrf = csrf_in(&form.body);
+    assert_eq!(csrf_cookie, format!("pb_csrf={csrf}"));
+    let attrs = form.set_cookies.join(" | ");
+    assert!(
+        attrs.contains("HttpOnly") && attrs.contains("SameSite=Strict"),
+        "{attrs}"
+    );
+
+    // Without the cookie, or with another token: refused, nothing sent.
+    let no_cookie = page(
+        &server,
+        "POST",
+        "/self/sign-in",
+        &[],
+        &[("email", &amos.id), ("csrf", &csrf)],
+    );
+    assert_eq!(no_cookie.status, 403, "{}", no_cookie.body);
+    let other = page(
+        &server,
+        "POST",
+        "/self/sign-in",
+        &[&csrf_cookie],
+        &[("email", &amos.id), ("csrf", "0000")],
+    );
+    assert_eq!(other.status, 403);
+
+    // An unknown address gets the same answer as a known one, and no email.
+    let unknown = page(
+        &server,
+        "POST",
+        "/self/sign-in",
+        &[&csrf_cookie],
+        &[("email", "nobody@contoso.com"), ("csrf", &csrf)],
+    );
+    let known = page(
+        &server,
+        "POST",
+        "/self/sign-in",
+        &[&csrf_cookie],
+        &[("email", &amos.id), ("csrf", &csrf)],
+    );
+    assert_eq!((unknown.status, known.status), (200, 200));
+    assert_eq!(unknown.body, known.body);
+    let link = link_in(&wait_mail(&outbox_dir, "sign-in", 1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        outbox(&outbox_dir)
+            .iter()
+            .filter(|(s, _)| s.contains("sign-in"))
+            .count(),
+        1,
+        "one link, for the known address only"
+    );
+
+    // The link opens a session for Amos: a strict, HttpOnly cookie scoped to /self.
+    let path = &link[link.find("/self/auth").unwrap()..];
+    let signed_in = page(&server, "GET", path, &[], &[]);
+    assert_eq!(signed_in.status, 303);
+    assert_eq!(signed_in.location.as_deref(), Some("/self"));
+    let session = cookie_set(&signed_in, "pb_session");
+    let attrs = signed_in.set_cookies.join(" | ");
+    for want in ["HttpOnly", "SameSite=Strict", "Path=/self"] {
+        assert!(attrs.contains(want), "{want} missing: {attrs}");
+    }
+    let mine = page(&server, "GET", "/self", &[&session], &[]);
+    assert!(mine.body.contains(&amos.conference));
+    assert!(!mine.body.contains(&lee.conference));
+    assert!(!mine.body.contains(&amos.pin));
+    let token = csrf_in(&mine.body);
+
+    // No session, or the wrong token: refused, and no PIN changes.
+    let before = (pin_set_at(&server, &amos.id), pin_set_at(&server, &lee.id));
+    let anonymous = page(&server, "POST", "/self/reset-pin", &[], &[("csrf", &token)]);
+    assert_eq!(anonymous.status, 401);
+    let forged = page(
+        &server,
+        "POST",
+        "/self/reset-pin",
+        &[&session],
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(forged.status, 403);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        (pin_set_at(&server, &amos.id), pin_set_at(&server, &lee.id)),
+        before
+    );
+
+    // A reset naming Lee in every way a form could still resets Amos's PIN only.
+    let reset = page(
+        &server,
+        "POST",
+        "/self/reset-pin",
+        &[&session],
+        &[
+            ("csrf", &token),
+            ("id", &lee.id),
+            ("user", &lee.id),
+            ("email", &lee.id),
+        ],
+    );
+    assert_eq!(reset.status, 303, "{}", reset.body);
+    assert_ne!(
+        pin_set_at(&server, &amos.id),
+        before.0,
+        "Amos's PIN was reset"
+    );
+    assert_eq!(
+        pin_set_at(&server, &lee.id),
+        before.1,
+        "Lee's PIN was not touched"
+    );
+    let shown = page(&server, "GET", "/self", &[&session], &[]);
+    assert!(shown.body.contains("id=\"new-pin\""));
+    let again = page(&server, "GET", "/self", &[&session], &[]);
+    assert!(
+        !again.body.contains("id=\"new-pin\""),
+        "the PIN is shown once"
+    );
+    assert!(again.body.contains("*****"));
+
+    // The audit log names Amos as the actor of his own reset.
+    let audit = page_admin(&server, "/api/audit");
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "user.reset_pin")
+        .expect("an audit entry for the reset");
+    assert_eq!(entry["target"], amos.id.as_str());
+    assert!(
+        entry["actor"].as_str().unwrap().contains(&amos.id),
+        "{entry}"
+    );
+
+    // Signing out ends the session.
+    let out = page(
+        &server,
+        "POST",
+        "/self/sign-out",
+        &[&session],
+        &[("csrf", &token)],
+    );
+    assert_eq!(out.status, 303);
+    let after = page(&server, "GET", "/self", &[&session], &[]);
+    assert!(
+        after.body.contains("id=\"email\""),
+        "signed out: the sign-in form again"
+    );
+}

@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod calls;
 pub mod config;
 pub mod ivr;
+pub mod loadgen;
 pub mod media;
 pub mod notify;
 pub mod pin;

@@ -44,6 +44,12 @@ enum Command {
     /// DTMF diagnostics.
     #[command(subcommand)]
     Dtmf(DtmfCommand),
+    /// Load generator: places calls into meetings and lobbies over SIP/RTP and reports setup
+    /// latency, RTP loss, jitter and gaps, and whether every caller heard what it should.
+    ///
+    /// Progress goes to stderr every second; the report (a table, or JSON with --json) to
+    /// stdout. A run with failed calls still exits 0: read `quality.pass` in the report.
+    Loadgen(Box<pinbridge::loadgen::LoadgenArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +90,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dtmf(DtmfCommand::Detect { file, json }) => dtmf_detect(&file, json),
+        Command::Loadgen(args) => {
+            let mut out = std::io::stdout().lock();
+            pinbridge::loadgen::run_cli(*args, &mut out)?;
+            Ok(())
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use crate::bridge::{BridgeConfig, OrganizerLeavePolicy};
 use crate::ivr::IvrConfig;
 use crate::media::dtmf::stream::DtmfMode;
 use crate::notify::{self, MailConfig, MailTransport, SmtpConfig, SmtpCredentials, TlsMode};
+use crate::sip::limits::{Limits, RateLimit};
 
 /// Flags of `pinbridge serve`.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -91,7 +92,124 @@ pub struct ServeArgs {
     /// them, e.g. https://meet.example.com [default: http://<http-listen address>].
     #[arg(long, env = "PINBRIDGE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
+
+// ---- flood limits (issue 7) ------------------------------------------------------------------
+
+/// Flags of `pinbridge serve` for the flood limits (SECURITY.md explains each). A rate of 0
+/// turns that limit off.
+#[derive(clap::Args, Debug, Default, Clone)]
+#[command(next_help_heading = "Flood limits")]
+pub struct LimitArgs {
+    /// New calls (INVITEs) per second from one source IP; over it: 503 with Retry-After,
+    /// then silence [default: 10; 0 = no limit].
+    #[arg(long, env = "PINBRIDGE_INVITE_RATE", value_name = "PER_SECOND")]
+    pub invite_rate: Option<u32>,
+    /// INVITEs one source may send at once before the rate applies [default: 40].
+    #[arg(long, env = "PINBRIDGE_INVITE_BURST", value_name = "N")]
+    pub invite_burst: Option<u32>,
+    /// SIP messages of any kind per second from one source IP; over it they are dropped
+    /// unread [default: 200; 0 = no limit].
+    #[arg(long, env = "PINBRIDGE_MESSAGE_RATE", value_name = "PER_SECOND")]
+    pub message_rate: Option<u32>,
+    /// Messages one source may send at once before the rate applies [default: 400].
+    #[arg(long, env = "PINBRIDGE_MESSAGE_BURST", value_name = "N")]
+    pub message_burst: Option<u32>,
+    /// Calls up at once, all sources together; more are answered 503 [default: 1000].
+    #[arg(long, env = "PINBRIDGE_MAX_CALLS", value_name = "N")]
+    pub max_calls: Option<usize>,
+    /// Retry-After of a flood or busy 503, and how long a flooding source hears nothing
+    /// more after one [default: 5].
+    #[arg(long, env = "PINBRIDGE_RETRY_AFTER", value_name = "SECONDS")]
+    pub retry_after: Option<u64>,
+    /// Open SIP TCP connections per source IP [default: 16].
+    #[arg(long, env = "PINBRIDGE_TCP_PER_SOURCE", value_name = "N")]
+    pub tcp_per_source: Option<usize>,
+    /// Seconds a SIP TCP connection may stay silent before it is closed [default: 300].
+    #[arg(long, env = "PINBRIDGE_TCP_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub tcp_idle_timeout: Option<u64>,
+    /// Seconds one SIP message may take to arrive over TCP once begun [default: 10].
+    #[arg(long, env = "PINBRIDGE_TCP_MESSAGE_TIMEOUT", value_name = "SECONDS")]
+    pub tcp_message_timeout: Option<u64>,
+}
+
+/// The flood limits from flags/environment over the TOML file over [`Limits::default`].
+fn limits_config(a: &LimitArgs, f: &FileConfig) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    let rate = |flag: Option<u32>,
+                file: Option<u32>,
+                default: RateLimit,
+                burst_flag: Option<u32>,
+                burst_file: Option<u32>| {
+        let per_second = flag.or(file).unwrap_or(default.per_second);
+        let burst = burst_flag
+            .or(burst_file)
+            .unwrap_or(default.burst.max(per_second));
+        RateLimit { per_second, burst }
+    };
+    let invites = rate(
+        a.invite_rate,
+        f.invite_rate,
+        d.invites,
+        a.invite_burst,
+        f.invite_burst,
+    );
+    let messages = rate(
+        a.message_rate,
+        f.message_rate,
+        d.messages,
+        a.message_burst,
+        f.message_burst,
+    );
+    for (key, r) in [("invite_burst", invites), ("message_burst", messages)] {
+        if !r.is_unlimited() && r.burst == 0 {
+            return Err(invalid(key, "must be at least 1".into()));
+        }
+    }
+    let max_calls = a.max_calls.or(f.max_calls).unwrap_or(d.max_calls);
+    if max_calls == 0 {
+        return Err(invalid("max_calls", "must be at least 1".into()));
+    }
+    let tcp_per_source = a
+        .tcp_per_source
+        .or(f.tcp_per_source)
+        .unwrap_or(d.tcp_per_source);
+    if tcp_per_source == 0 {
+        return Err(invalid("tcp_per_source", "must be at least 1".into()));
+    }
+    let secs =
+        |key: &'static str, flag: Option<u64>, file: Option<u64>, default: Duration| match flag
+            .or(file)
+        {
+            Some(0) => Err(invalid(key, "must be at least 1 second".into())),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(default),
+        };
+    Ok(Limits {
+        invites,
+        messages,
+        max_calls,
+        retry_after: secs("retry_after", a.retry_after, f.retry_after, d.retry_after)?,
+        tcp_per_source,
+        tcp_idle_timeout: secs(
+            "tcp_idle_timeout",
+            a.tcp_idle_timeout,
+            f.tcp_idle_timeout,
+            d.tcp_idle_timeout,
+        )?,
+        tcp_message_timeout: secs(
+            "tcp_message_timeout",
+            a.tcp_message_timeout,
+            f.tcp_message_timeout,
+            d.tcp_message_timeout,
+        )?,
+    })
+}
+
+// ---- end flood limits ------------------------------------------------------------------------
 
 // ---- email (issue 5) -------------------------------------------------------------------------
 
@@ -268,6 +386,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Base of the links in sign-in emails; `None`: `http://` and the bound HTTP address.
     pub public_url: Option<String>,
+    // ---- flood limits (issue 7) ----
+    pub limits: Limits,
 }
 
 /// The admin API's default address: loopback, so a fresh install exposes nothing.
@@ -321,6 +441,16 @@ struct FileConfig {
     http_listen: Option<String>,
     admin_token: Option<String>,
     public_url: Option<String>,
+    // ---- flood limits (issue 7): the keys of `LimitArgs`
+    invite_rate: Option<u32>,
+    invite_burst: Option<u32>,
+    message_rate: Option<u32>,
+    message_burst: Option<u32>,
+    max_calls: Option<usize>,
+    retry_after: Option<u64>,
+    tcp_per_source: Option<usize>,
+    tcp_idle_timeout: Option<u64>,
+    tcp_message_timeout: Option<u64>,
 }
 
 impl Config {
@@ -342,6 +472,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let limits = limits_config(&args.limits, &file)?;
 
         let sip_listen = match (args.sip_listen, &file.sip_listen) {
             (Some(a), _) => a,
@@ -472,6 +603,7 @@ impl Config {
             None => None,
         };
         Ok(Config {
+            limits,
             http_listen,
             admin_token,
             public_url,
@@ -772,6 +904,53 @@ mod tests {
                 .to_string()
                 .contains("log_level")
         );
+    }
+
+    // ---- flood limits (issue 7) ----
+
+    #[test]
+    fn flood_limits_default_and_come_from_toml_and_flags() {
+        let c = Config::load(&args()).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(
+            c.limits.invites,
+            RateLimit {
+                per_second: 10,
+                burst: 40
+            }
+        );
+        assert_eq!(c.limits.max_calls, 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "invite_rate = 2\nmax_calls = 7\ntcp_per_source = 3\ntcp_idle_timeout = 60\nmessage_rate = 0\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(file.clone());
+        a.limits.invite_burst = Some(4);
+        a.limits.max_calls = Some(9);
+        let l = Config::load(&a).unwrap().limits;
+        assert_eq!(
+            l.invites,
+            RateLimit {
+                per_second: 2,
+                burst: 4
+            }
+        );
+        assert_eq!(l.max_calls, 9, "the flag wins over the file");
+        assert_eq!(l.tcp_per_source, 3);
+        assert_eq!(l.tcp_idle_timeout, Duration::from_secs(60));
+        assert!(l.messages.is_unlimited());
+        std::fs::write(&file, "max_calls = 0\n").unwrap();
+        assert_eq!(Config::load(&a).unwrap().limits.max_calls, 9);
+        a.limits.max_calls = None;
+        let err = Config::load(&a).unwrap_err().to_string();
+        assert!(err.contains("max_calls"), "{err}");
+        std::fs::write(&file, "tcp_message_timeout = 0\n").unwrap();
+        let err = Config::load(&a).unwrap_err().to_string();
+        assert!(err.contains("tcp_message_timeout"), "{err}");
     }
 
     // ---- admin HTTP API (issue 5) ----

@@ -113,9 +113,13 @@ pub async fn run(
         sip_addr: SocketAddr::new(cfg.advertise_ip, local.port()),
         media_ip: cfg.advertise_ip,
         user_agent: format!("pinbridge/{}", env!("CARGO_PKG_VERSION")),
-    });
+    })
+    // ---- flood limits (issue 7)
+    .with_limits(cfg.limits);
+    info!(limits = ?cfg.limits, "flood limits");
     let (tcp_tx, mut tcp_rx) = mpsc::channel(1024);
-    spawn_tcp_acceptor(listeners.tcp, tcp_tx);
+    let _tcp_counters = spawn_tcp_acceptor(listeners.tcp, tcp_tx, (&cfg.limits).into());
+    // ---- end flood limits
     let udp = listeners.udp;
     // ---- admin HTTP API (issue 5): its own listener and task, the same store and pepper.
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)

@@ -17,6 +17,7 @@ use rand::RngExt;
 use tracing::{debug, info, warn};
 
 use super::dialog::{Dialog, DialogId};
+use super::limits::{Limits, SourceLimiter, Verdict};
 use super::msg::{self, Message, Method, NameAddr, ParseError, Request, Response, Scheme, Uri};
 use super::sdp::{self, LocalMedia, Negotiated};
 use super::transaction::{
@@ -103,6 +104,15 @@ pub struct EndpointStats {
     pub rejected: u64,
     pub calls_started: u64,
     pub calls_ended: u64,
+    // ---- flood limits (issue 7) ----
+    /// Messages dropped unread because their source was over `Limits::messages`.
+    pub flood_dropped: u64,
+    /// New INVITEs answered `503` because their source was over `Limits::invites`.
+    pub invite_503: u64,
+    /// New INVITEs dropped unanswered (over the limit, and already told).
+    pub invite_dropped: u64,
+    /// New INVITEs answered `503` because `Limits::max_calls` calls were up.
+    pub busy_503: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +171,10 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: EndpointStats,
+    // ---- flood limits (issue 7) ----
+    limits: Limits,
+    message_limiter: SourceLimiter,
+    invite_limiter: SourceLimiter,
 }
 
 impl Endpoint {
@@ -180,7 +194,24 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
+            limits: Limits::default(),
+            message_limiter: SourceLimiter::new(
+                Limits::default().messages,
+                Limits::default().retry_after,
+            ),
+            invite_limiter: SourceLimiter::new(
+                Limits::default().invites,
+                Limits::default().retry_after,
+            ),
         }
+    }
+
+    /// Replaces the flood limits (issue 7); [`Limits::default`] applies otherwise.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.message_limiter = SourceLimiter::new(limits.messages, limits.retry_after);
+        self.invite_limiter = SourceLimiter::new(limits.invites, limits.retry_after);
+        self.limits = limits;
+        self
     }
 
     pub fn stats(&self) -> &EndpointStats {
@@ -203,6 +234,14 @@ impl Endpoint {
 
     /// One datagram (UDP) or one framed message (TCP) from `source`.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8], source: Peer) {
+        // Before parsing, so a flood costs a hash lookup per message.
+        if self.message_limiter.check(now, source.addr.ip()) != Verdict::Allow {
+            self.stats.flood_dropped += 1;
+            if self.stats.flood_dropped.is_power_of_two() {
+                warn!(from = %source.addr, dropped_total = self.stats.flood_dropped, "SIP message flood: dropping messages over the per-source limit");
+            }
+            return;
+        }
         match msg::parse(bytes) {
             Ok(Message::Request(req)) => {
                 self.stats.requests += 1;
@@ -363,8 +402,13 @@ impl Endpoint {
             return self.in_dialog(now, req, peer, source);
         }
         match req.method {
-            Method::Invite => self.new_invite(now, req, peer, source),
-            Method::Options => self.reply(now, &req, peer, Reply::Options),
+            Method::Invite => {
+                if self.admit_invite(now, &req, &peer, &source) {
+                    self.new_invite(now, req, peer, source)
+                }
+            }
+            // Stateless (RFC 3261 §8.2.7): an OPTIONS flood leaves no transactions behind.
+            Method::Options => self.reply_stateless(&req, peer, Reply::Options),
             Method::Bye | Method::Info | Method::Update => self.reply(
                 now,
                 &req,
@@ -374,6 +418,46 @@ impl Endpoint {
             Method::Other(_) => self.reply(now, &req, peer, Reply::plain(501, "Not Implemented")),
             _ => self.reply(now, &req, peer, Reply::MethodNotAllowed),
         }
+    }
+
+    /// The flood limits on a new call (issue 7): per source, then the global call count.
+    /// `false` when the INVITE was answered `503` or dropped.
+    fn admit_invite(&mut self, now: Instant, req: &Request, peer: &Peer, source: &Peer) -> bool {
+        match self.invite_limiter.check(now, source.addr.ip()) {
+            Verdict::Allow => {}
+            Verdict::Reject => {
+                self.stats.invite_503 += 1;
+                warn!(from = %source.addr, rejected_total = self.stats.invite_503, dropped_total = self.stats.invite_dropped, "INVITE flood: source over its call rate; 503, then silence for {:?}", self.limits.retry_after);
+                self.busy(now, req, peer.clone());
+                return false;
+            }
+            Verdict::Drop => {
+                self.stats.invite_dropped += 1;
+                debug!(from = %source.addr, "INVITE over the source's call rate dropped");
+                return false;
+            }
+        }
+        if self.legs.len() >= self.limits.max_calls {
+            self.stats.busy_503 += 1;
+            warn!(from = %source.addr, calls = self.legs.len(), max_calls = self.limits.max_calls, busy_total = self.stats.busy_503, "call limit reached; 503");
+            self.busy(now, req, peer.clone());
+            return false;
+        }
+        true
+    }
+
+    /// `503 Service Unavailable` with `Retry-After` (RFC 3261 §21.5.4) to a new INVITE.
+    fn busy(&mut self, now: Instant, req: &Request, peer: Peer) {
+        let key = TxKey::server(req, false);
+        self.start_invite_server(now, key.clone(), peer, None);
+        let resp = self
+            .response(req, 503, "Service Unavailable", Some(&new_tag()))
+            .with_header(
+                "Retry-After",
+                self.limits.retry_after.as_secs().max(1).to_string(),
+            );
+        self.stats.rejected += 1;
+        self.respond_invite(now, &key, resp.to_bytes(), 503);
     }
 
     /// Request-level checks every request gets before it reaches a call (RFC 3261 §8.2).
@@ -959,8 +1043,35 @@ impl Endpoint {
         id
     }
 
+    /// Answers a non-INVITE request with no transaction: a retransmission is answered
+    /// again, and nothing is kept.
+    fn reply_stateless(&mut self, req: &Request, peer: Peer, reply: Reply) {
+        let resp = self.reply_response(req, &peer, reply);
+        self.transmits.push_back(Transmit {
+            bytes: resp.to_bytes(),
+            peer,
+        });
+    }
+
     /// Answers a non-INVITE request (or an INVITE we refuse) through a server transaction.
     fn reply(&mut self, now: Instant, req: &Request, peer: Peer, reply: Reply) {
+        let status = reply.status();
+        let resp = self.reply_response(req, &peer, reply);
+        let key = TxKey::server(req, false);
+        if req.method == Method::Invite {
+            self.start_invite_server(now, key.clone(), peer, None);
+            self.respond_invite(now, &key, resp.to_bytes(), status);
+            return;
+        }
+        let id = self.alloc_id();
+        self.wake_keys.insert(id, key.clone());
+        let mut tx = NonInviteServer::new(peer);
+        tx.respond(now, resp.to_bytes(), status);
+        self.non_invite_servers.insert(key.clone(), (id, tx));
+        self.drain_non_invite_server(&key);
+    }
+
+    fn reply_response(&mut self, req: &Request, peer: &Peer, reply: Reply) -> Response {
         let status = reply.status();
         if status >= 300 {
             self.stats.rejected += 1;
@@ -979,24 +1090,13 @@ impl Endpoint {
             Reply::BadExtension(tags) => resp = resp.with_header("Unsupported", tags),
             Reply::Sdp(body) => {
                 resp = resp
-                    .with_header("Contact", self.contact(&peer))
+                    .with_header("Contact", self.contact(peer))
                     .with_body("application/sdp", body.into_bytes())
             }
             Reply::Warning(_, w) => resp = resp.with_header("Warning", w),
             Reply::Plain(..) | Reply::Status(..) => {}
         }
-        let key = TxKey::server(req, false);
-        if req.method == Method::Invite {
-            self.start_invite_server(now, key.clone(), peer, None);
-            self.respond_invite(now, &key, resp.to_bytes(), status);
-            return;
-        }
-        let id = self.alloc_id();
-        self.wake_keys.insert(id, key.clone());
-        let mut tx = NonInviteServer::new(peer);
-        tx.respond(now, resp.to_bytes(), status);
-        self.non_invite_servers.insert(key.clone(), (id, tx));
-        self.drain_non_invite_server(&key);
+        resp
     }
 
     fn response(&self, req: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
@@ -1709,5 +1809,142 @@ mod tests {
         h.send(&invite("a3", 1, &sdp("0", "")));
         h.statuses();
         assert!(matches!(h.events().as_slice(), [Event::Incoming { call, .. }] if !call.anonymous));
+    }
+
+    // ---- flood limits (issue 7) ----
+
+    fn limited(limits: Limits) -> Harness {
+        let mut h = Harness::new();
+        h.ep = std::mem::replace(
+            &mut h.ep,
+            Endpoint::new(EndpointConfig {
+                sip_addr: "127.0.0.1:5060".parse().unwrap(),
+                media_ip: "127.0.0.1".parse().unwrap(),
+                user_agent: "pinbridge/test".into(),
+            }),
+        )
+        .with_limits(limits);
+        h
+    }
+
+    fn peer_at(addr: &str) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: addr.parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    #[test]
+    fn invite_flood_is_told_503_once_then_dropped_and_other_sources_pass() {
+        use crate::sip::limits::RateLimit;
+        let mut h = limited(Limits {
+            invites: RateLimit {
+                per_second: 2,
+                burst: 3,
+            },
+            retry_after: Duration::from_secs(5),
+            ..Limits::default()
+        });
+        let body = sdp("0", "");
+        let mut statuses = Vec::new();
+        for i in 0..50 {
+            h.send(&invite(&format!("flood-{i}"), 1, &body));
+            statuses.extend(h.statuses());
+        }
+        // Three calls (the burst) get 100 Trying; one 503; the other 46 are dropped.
+        assert_eq!(statuses.iter().filter(|s| **s == 100).count(), 3);
+        assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 1);
+        assert_eq!(statuses.len(), 4);
+        assert_eq!(
+            (h.ep.stats().invite_503, h.ep.stats().invite_dropped),
+            (1, 46)
+        );
+        // The 503 says when to come back.
+        h.send(&invite("flood-again", 1, &body));
+        assert!(h.statuses().is_empty());
+        // A caller from another address is not affected.
+        h.send_from(&invite("honest", 1, &body), peer_at("127.0.0.2:5070"));
+        assert_eq!(h.statuses(), vec![100]);
+        // After Retry-After the flooder has tokens again.
+        h.advance(Duration::from_secs(5));
+        h.responses();
+        h.send(&invite("later", 1, &body));
+        assert_eq!(h.statuses(), vec![100]);
+    }
+
+    #[test]
+    fn the_503_carries_retry_after() {
+        use crate::sip::limits::RateLimit;
+        let mut h = limited(Limits {
+            invites: RateLimit {
+                per_second: 1,
+                burst: 1,
+            },
+            retry_after: Duration::from_secs(7),
+            ..Limits::default()
+        });
+        h.send(&invite("a", 1, ""));
+        h.responses();
+        h.send(&invite("b", 1, ""));
+        let rs = h.responses();
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].0.status, 503);
+        assert_eq!(rs[0].0.headers.get("Retry-After"), Some("7"));
+    }
+
+    #[test]
+    fn max_calls_answers_503_until_a_call_ends() {
+        let mut h = limited(Limits {
+            max_calls: 2,
+            ..Limits::default()
+        });
+        let (_, ok) = h.answered_call("one");
+        h.events();
+        h.answered_call("two");
+        h.events();
+        h.send(&invite("three", 1, &sdp("0", "")));
+        assert_eq!(h.statuses(), vec![503]);
+        assert_eq!(h.ep.stats().busy_503, 1);
+        // The caller of the first call hangs up: room for one more.
+        h.send(&request("BYE", "one", 2, ok.to_tag(), ""));
+        assert_eq!(h.statuses(), vec![200]);
+        assert_eq!(h.ep.leg_count(), 1);
+        h.send(&invite("four", 1, &sdp("0", "")));
+        assert_eq!(h.statuses(), vec![100]);
+    }
+
+    #[test]
+    fn options_are_answered_without_keeping_transactions() {
+        let mut h = Harness::new();
+        for i in 0..300 {
+            h.send(&request("OPTIONS", &format!("o{i}"), 1, None, ""));
+            assert_eq!(h.statuses(), vec![200]);
+        }
+        assert_eq!(h.ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn a_message_flood_is_dropped_before_parsing() {
+        use crate::sip::limits::RateLimit;
+        let mut h = limited(Limits {
+            messages: RateLimit {
+                per_second: 10,
+                burst: 20,
+            },
+            ..Limits::default()
+        });
+        let mut answered = 0;
+        for i in 0..100 {
+            h.send(&request("OPTIONS", &format!("o{i}"), 1, None, ""));
+            answered += h.statuses().len();
+        }
+        assert_eq!(answered, 20);
+        assert_eq!(h.ep.stats().flood_dropped, 80);
+        h.send_from(
+            &request("OPTIONS", "other", 1, None, ""),
+            peer_at("127.0.0.3:5070"),
+        );
+        assert_eq!(h.statuses(), vec![200]);
     }
 }

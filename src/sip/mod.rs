@@ -4,6 +4,7 @@
 
 pub mod dialog;
 pub mod endpoint;
+pub mod limits;
 pub mod msg;
 pub mod sdp;
 pub mod transaction;

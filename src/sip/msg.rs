@@ -675,7 +675,9 @@ impl Via {
     /// after it); otherwise transactions are matched the RFC 2543 way.
     pub fn rfc3261_branch(&self) -> Option<&str> {
         self.branch()
-            .filter(|b| b.len() > 7 && b[..7].eq_ignore_ascii_case("z9hG4bK"))
+            // Bytes, not str: a multi-byte character across octet 7 must not panic (found by
+            // `examples/fuzz.rs`).
+            .filter(|b| b.len() > 7 && b.as_bytes()[..7].eq_ignore_ascii_case(b"z9hG4bK"))
     }
 
     /// `sent-by` as written, for transaction matching (RFC 3261 §17.2.3).
@@ -1154,14 +1156,17 @@ struct RawResponse {
 
 fn parse_head(head: &[u8]) -> Result<Head, ParseError> {
     // NUL is not rejected here: a quoted-pair may escape it (RFC 4475 §3.1.1.2); the
-    // token and URI parsers refuse it everywhere else.
-    let text = std::str::from_utf8(head)
-        .map_err(|_| ParseError::drop("invalid UTF-8 in message header"))?;
+    // token and URI parsers refuse it everywhere else. Invalid UTF-8 is an error, but the
+    // head is still read (lossily) so a request with a usable Via gets its 400.
+    let (text, bad_utf8) = match std::str::from_utf8(head) {
+        Ok(t) => (Cow::Borrowed(t), false),
+        Err(_) => (String::from_utf8_lossy(head), true),
+    };
     let lines = unfold(text.trim_start_matches(['\r', '\n']));
     let mut lines = lines.into_iter();
     let start = lines.next().unwrap_or_default();
     let mut headers = Headers::new();
-    let mut line_error = None;
+    let mut line_error = bad_utf8.then(|| "invalid UTF-8 in message header".to_string());
     for line in lines {
         if line.is_empty() {
             continue;
@@ -1297,7 +1302,7 @@ fn validate_request(h: RawRequest) -> Result<Request, ParseError> {
         return Err(reply_error(h, 400, &e));
     }
     if h.version != "SIP/2.0" {
-        if h.version.len() > 4 && h.version[..4].eq_ignore_ascii_case("SIP/") {
+        if h.version.len() > 4 && h.version.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/") {
             return Err(reply_error(h, 505, "Version Not Supported"));
         }
         return Err(reply_error(h, 400, "Malformed SIP-Version"));
@@ -1678,6 +1683,73 @@ mod tests {
         assert_eq!(r.headers.count("Contact"), 2);
         assert_eq!(r.vias.len(), 3);
         assert_eq!(r.vias[2].host, "h3");
+    }
+
+    /// Issue 7: hostile requests that still have a readable Via get a 400 whose reason names
+    /// the problem.
+    #[test]
+    fn hostile_requests_get_400_with_a_reason() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                INVITE.replace("sip:alice@", "sip:al\0ice@"),
+                "Malformed From",
+            ),
+            (
+                INVITE.replace(
+                    "Max-Forwards: 70\r\n",
+                    &"X-Flood: 1\r\n".repeat(MAX_HEADERS + 10),
+                ),
+                "too many header fields",
+            ),
+            (
+                INVITE.replace(
+                    "Max-Forwards: 70",
+                    &format!("Subject: a{}", "\r\n x".repeat(MAX_LINE / 2 + 10)),
+                ),
+                "header line too long",
+            ),
+            (
+                INVITE.replace(
+                    "Max-Forwards: 70",
+                    &format!("Subject: {}", "y".repeat(MAX_LINE + 1)),
+                ),
+                "header line too long",
+            ),
+            (
+                INVITE.replace("CSeq: 1 INVITE", "CSeq: 2147483648 INVITE"),
+                "Invalid CSeq",
+            ),
+            (
+                INVITE.replace("Content-Length: 4", "Content-Length: 400"),
+                "exceeds",
+            ),
+        ];
+        for (text, want) in &cases[1..] {
+            let (status, reason) = rejected(text);
+            assert_eq!(status, 400, "{want}");
+            assert!(reason.contains(want), "{reason:?} lacks {want:?}");
+        }
+        assert_eq!(rejected(&cases[0].0).0, 400);
+        assert!(rejected(&cases[0].0).1.contains(cases[0].1));
+        // Invalid UTF-8 in a header value: answered (400), not dropped.
+        let mut bytes = INVITE
+            .replace("Max-Forwards: 70", "Subject: caf#")
+            .into_bytes();
+        let at = bytes.iter().position(|b| *b == b'#').unwrap();
+        bytes[at] = 0xe9;
+        match parse(&bytes) {
+            Err(ParseError {
+                reply: Some(r),
+                reason,
+            }) => {
+                assert_eq!(r.status, 400);
+                assert_eq!(reason, "invalid UTF-8 in message header");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A multi-byte character across the branch cookie's end (found by the fuzzer).
+        let odd = INVITE.replace("branch=z9hG4bK-1", "branch=z9hG4b\u{685}K-1");
+        assert_eq!(req(&odd).top_via().rfc3261_branch(), None);
     }
 
     proptest::proptest! {

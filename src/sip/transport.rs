@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::msg::{MAX_MESSAGE_SIZE, frame_stream, leading_crlf};
 
@@ -97,9 +98,91 @@ pub enum TcpInbound {
     Closed(ConnId),
 }
 
-/// Accepts TCP connections and spawns a reader and a writer task for each.
-pub fn spawn_tcp_acceptor(listener: TcpListener, inbound: mpsc::Sender<TcpInbound>) {
+// ---- TCP flood limits (issue 7) ------------------------------------------------------------
+
+/// The TCP limits: connections per source IP, and how long a connection may sit idle or take
+/// over one message (no slowloris).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    pub per_source: usize,
+    pub idle_timeout: Duration,
+    pub message_timeout: Duration,
+}
+
+impl From<&super::limits::Limits> for TcpLimits {
+    fn from(l: &super::limits::Limits) -> Self {
+        TcpLimits {
+            per_source: l.tcp_per_source,
+            idle_timeout: l.tcp_idle_timeout,
+            message_timeout: l.tcp_message_timeout,
+        }
+    }
+}
+
+/// What the TCP limits did, for logs.
+#[derive(Debug, Default)]
+pub struct TcpCounters {
+    /// Connections closed at accept: their source already had `per_source` open.
+    pub refused: AtomicU64,
+    /// Connections closed after `idle_timeout` without an octet.
+    pub idle_closed: AtomicU64,
+    /// Connections closed because a message took longer than `message_timeout`.
+    pub slow_closed: AtomicU64,
+}
+
+/// Open connections per source IP; a slot is given back when its guard drops.
+#[derive(Clone, Default)]
+struct PerSource(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+struct Slot {
+    table: PerSource,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(&self, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut t = self
+            .0
+            .lock()
+            .expect("per-source table lock is never poisoned");
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self
+            .table
+            .0
+            .lock()
+            .expect("per-source table lock is never poisoned");
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections and spawns a reader and a writer task for each, within `limits`.
+pub fn spawn_tcp_acceptor(
+    listener: TcpListener,
+    inbound: mpsc::Sender<TcpInbound>,
+    limits: TcpLimits,
+) -> Arc<TcpCounters> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
+    let counters = Arc::new(TcpCounters::default());
+    let table = PerSource::default();
+    let stats = counters.clone();
     tokio::spawn(async move {
         loop {
             let (stream, addr) = match listener.accept().await {
@@ -110,6 +193,16 @@ pub fn spawn_tcp_acceptor(listener: TcpListener, inbound: mpsc::Sender<TcpInboun
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            let ip = addr.ip().to_canonical();
+            let Some(slot) = table.take(ip, limits.per_source) else {
+                let n = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged at powers of two: a connection flood must not become a log flood.
+                if n.is_power_of_two() {
+                    warn!(%addr, per_source = limits.per_source, refused_total = n, "TCP connection refused: source has too many open");
+                }
+                drop(stream);
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let conn = ConnId(NEXT.fetch_add(1, Ordering::Relaxed));
@@ -134,9 +227,15 @@ pub fn spawn_tcp_acceptor(listener: TcpListener, inbound: mpsc::Sender<TcpInboun
                 }
                 let _ = write.shutdown().await;
             });
-            tokio::spawn(read_connection(read, conn, addr, inbound.clone()));
+            let conn_stats = stats.clone();
+            let inbound = inbound.clone();
+            tokio::spawn(async move {
+                read_connection(read, conn, addr, inbound, limits, &conn_stats).await;
+                drop(slot);
+            });
         }
     });
+    counters
 }
 
 /// Frames messages off one connection by Content-Length (RFC 3261 §18.3). A stream that
@@ -147,6 +246,8 @@ async fn read_connection(
     conn: ConnId,
     addr: SocketAddr,
     inbound: mpsc::Sender<TcpInbound>,
+    limits: TcpLimits,
+    stats: &TcpCounters,
 ) {
     let peer = Peer {
         transport: Transport::Tcp,
@@ -155,12 +256,16 @@ async fn read_connection(
     };
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut last_octet = tokio::time::Instant::now();
+    // When the first octet of the message now in `buf` arrived.
+    let mut message_started: Option<tokio::time::Instant> = None;
     'conn: loop {
         loop {
             let skip = leading_crlf(&buf);
             buf.drain(..skip);
             match frame_stream(&buf) {
                 Ok(Some(len)) => {
+                    message_started = None;
                     let bytes: Vec<u8> = buf.drain(..len).collect();
                     if inbound
                         .send(TcpInbound::Message {
@@ -173,7 +278,12 @@ async fn read_connection(
                         break 'conn;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if buf.is_empty() {
+                        message_started = None;
+                    }
+                    break;
+                }
                 Err(e) => {
                     debug!(%addr, reason = %e.reason, "closing unframeable TCP stream");
                     // One octet over the limit lets the parser answer 513 rather than 400.
@@ -189,9 +299,32 @@ async fn read_connection(
                 }
             }
         }
-        match read.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        if buf.is_empty() {
+            message_started = None;
+        } else {
+            message_started.get_or_insert(last_octet);
+        }
+        // A partial message must complete within message_timeout of its first octet, however
+        // slowly it drips; an empty connection may idle for idle_timeout.
+        let deadline = match message_started {
+            Some(t) => t + limits.message_timeout,
+            None => last_octet + limits.idle_timeout,
+        };
+        match tokio::time::timeout_at(deadline, read.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                last_octet = tokio::time::Instant::now();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(_) => {
+                let (counter, why) = match message_started {
+                    Some(_) => (&stats.slow_closed, "message not complete within the limit"),
+                    None => (&stats.idle_closed, "idle"),
+                };
+                let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                info!(%addr, reason = why, buffered = buf.len(), closed_total = n, "closing TCP connection");
+                break;
+            }
         }
     }
     let _ = inbound.send(TcpInbound::Closed(conn)).await;

@@ -45,6 +45,8 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     prepare: Vec<PrepareDataDir>,
     http_listen: String,
+    /// Issue 7: a directory to keep the data dir in across restarts, instead of a temp dir.
+    root: Option<PathBuf>,
 }
 
 /// Work done on the data directory before the server starts.
@@ -101,25 +103,51 @@ impl ServerBuilder {
         self
     }
 
+    // ---- restarts on the same data dir (issue 7) ----
+
+    /// Keeps the data directory at `root/data` (created if missing; left in place when the
+    /// server is dropped), so a test can kill the server and start another on the same
+    /// store. Each start logs to its own `root/server-stderr-N.log`. The caller owns `root`.
+    pub fn data_root(mut self, root: &Path) -> Self {
+        self.root = Some(root.to_path_buf());
+        self
+    }
+
+    // ---- end restarts
+
     /// Starts the binary and waits for it to be ready; panics (with its logs) if it exits
     /// or stays silent for [`READY_TIMEOUT`].
     pub fn start(self) -> Server {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let ports = PortBlock::reserve();
         let (rtp_first, rtp_last) = self.rtp_ports.unwrap_or_else(|| ports.rtp_range());
-        let data_dir = tempfile::Builder::new()
-            .prefix("pinbridge-test-")
-            .tempdir()
-            .expect("creating a data dir");
-        std::fs::create_dir(data_dir.path().join("data")).expect("creating the data dir");
+        let (temp, root) = match &self.root {
+            Some(root) => (None, root.clone()),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("pinbridge-test-")
+                    .tempdir()
+                    .expect("creating a data dir");
+                let root = t.path().to_path_buf();
+                (Some(t), root)
+            }
+        };
+        std::fs::create_dir_all(root.join("data")).expect("creating the data dir");
         let organizers: Vec<Organizer> = self
             .organizers
             .iter()
-            .map(|(id, extra)| add_organizer(&data_dir.path().join("data"), id, extra, &self.env))
+            .map(|(id, extra)| add_organizer(&root.join("data"), id, extra, &self.env))
             .collect();
         for f in self.prepare {
-            f(&data_dir.path().join("data"));
+            f(&root.join("data"));
         }
-        let log_path = data_dir.path().join("server-stderr.log");
+        let log_path = match temp {
+            Some(_) => root.join("server-stderr.log"),
+            None => root.join(format!(
+                "server-stderr-{}.log",
+                STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )),
+        };
         let log_file = File::create(&log_path).expect("creating the log file");
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pinbridge"));
@@ -130,7 +158,7 @@ impl ServerBuilder {
             .arg("--audio-dir")
             .arg(&self.audio_dir)
             .arg("--data-dir")
-            .arg(data_dir.path().join("data"))
+            .arg(root.join("data"))
             .args(["--log-level", &self.log_level])
             .args(["--http-listen", &self.http_listen])
             .args(&self.extra_args)
@@ -165,7 +193,8 @@ impl ServerBuilder {
             log_path,
             stdout: rx,
             extra_stdout: Vec::new(),
-            _data_dir: data_dir,
+            _data_dir: temp,
+            root,
             _ports: ports,
             command_line,
             logs_shown: false,
@@ -221,7 +250,9 @@ pub struct Server {
     log_path: PathBuf,
     stdout: mpsc::Receiver<String>,
     extra_stdout: Vec<String>,
-    _data_dir: tempfile::TempDir,
+    /// The temp dir holding `data/`, unless the builder was given a `data_root`.
+    _data_dir: Option<tempfile::TempDir>,
+    root: PathBuf,
     _ports: PortBlock,
     command_line: String,
     /// Set once a panic message has included the logs, so Drop does not repeat them.
@@ -244,6 +275,7 @@ impl Server {
             env: Vec::new(),
             prepare: Vec::new(),
             http_listen: "127.0.0.1:0".to_string(),
+            root: None,
         }
     }
 
@@ -291,7 +323,7 @@ impl Server {
 
     /// The data directory passed as `--data-dir`.
     pub fn data_dir(&self) -> PathBuf {
-        self._data_dir.path().join("data")
+        self.root.join("data")
     }
 
     /// Where stderr (the logs) is written.

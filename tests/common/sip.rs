@@ -720,6 +720,34 @@ impl SipClient {
         Self::with(conn, Transport::Tcp, server, local)
     }
 
+    // ---- clients from a chosen loopback address (issue 7 flood tests) ----
+    // Linux routes all of 127.0.0.0/8 to lo, so 127.0.0.2 is a second "source" for the
+    // server's per-source limits.
+
+    /// A client on a fresh UDP socket bound to `ip` (any port).
+    pub fn udp_from(ip: IpAddr, server: SocketAddr) -> SipClient {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .unwrap_or_else(|e| panic!("binding a SIP UDP socket on {ip}: {e}"));
+        let local = socket.local_addr().expect("local address");
+        Self::with(Conn::Udp(socket), Transport::Udp, server, local)
+    }
+
+    /// A client on a new TCP connection from `ip` to the server.
+    pub fn tcp_from(ip: IpAddr, server: SocketAddr) -> SipClient {
+        let stream = tcp_connect_from(ip, server)
+            .unwrap_or_else(|e| panic!("connecting SIP over TCP from {ip} to {server}: {e}"));
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let local = stream.local_addr().expect("local address");
+        let conn = Conn::Tcp {
+            stream,
+            buf: Vec::new(),
+            closed: false,
+        };
+        Self::with(conn, Transport::Tcp, server, local)
+    }
+
+    // ---- end clients from a chosen address
+
     fn with(conn: Conn, transport: Transport, server: SocketAddr, local: SocketAddr) -> SipClient {
         SipClient {
             conn,
@@ -1344,6 +1372,43 @@ fn is_timeout(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
     )
+}
+
+/// A blocking TCP connection from `ip` (any port) to `server` (IPv4): std cannot bind before
+/// connecting, so the socket is made with libc. Connect is bounded by the kernel's SYN
+/// retries; on loopback it succeeds or is refused at once.
+pub fn tcp_connect_from(ip: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (IpAddr::V4(ip), SocketAddr::V4(server)) = (ip, server) else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2)/bind(2)/connect(2) on a descriptor we own; the sockaddr_in
+    // values live across each call; on error the descriptor is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let local = sockaddr(ip, 0);
+        let remote = sockaddr(*server.ip(), server.port());
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0
+            || libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0
+        {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(TcpStream::from_raw_fd(fd))
+    }
 }
 
 #[cfg(test)]

@@ -196,19 +196,16 @@ impl Report {
             meeting_ok: 0,
             all_ok: true,
         };
+        // Failed calls are listed before callers that heard the wrong thing.
         let mut failures = Vec::new();
-        let mut note = |call: usize, role: &Role, reason: String| {
-            if failures.len() < LISTED_FAILURES {
-                failures.push(Failure {
-                    call,
-                    role: role_name(role).into(),
-                    reason,
-                });
-            }
-        };
+        let mut unheard = Vec::new();
         for (call, o) in outcomes.iter().enumerate() {
             if let Some(reason) = &o.failure {
-                note(call, &o.role, reason.clone());
+                failures.push(Failure {
+                    call,
+                    role: role_name(&o.role).into(),
+                    reason: reason.clone(),
+                });
             }
             let Some(m) = &o.media else { continue };
             let verdict = m.verdict();
@@ -222,9 +219,15 @@ impl Report {
             }
             if let Some(problem) = verdict.problem {
                 heard.all_ok = false;
-                note(call, &o.role, problem);
+                unheard.push(Failure {
+                    call,
+                    role: role_name(&o.role).into(),
+                    reason: problem,
+                });
             }
         }
+        failures.extend(unheard);
+        failures.truncate(LISTED_FAILURES);
         let quality = Quality {
             no_failed_calls: calls.failed == 0 && calls.attempted == outcomes.len(),
             jitter_p99_ok: rtp.jitter_ms.p99 <= MAX_JITTER_P99_MS,

@@ -283,10 +283,9 @@ impl CallMedia {
                     .map(|&s| f64::from(s) * f64::from(s))
                     .sum();
                 let share = |hz: u32| tone_share(&self.window, hz, energy);
-                let heard = others
-                    .iter()
-                    .filter(|&&hz| share(hz) >= TONE_PRESENT)
-                    .count();
+                let shares: Vec<f64> = others.iter().map(|&hz| share(hz)).collect();
+                let heard = shares.iter().filter(|&&x| x >= TONE_PRESENT).count();
+                let loudest = shares.iter().copied().fold(0.0, f64::max);
                 let own_share = share(*own);
                 if own_share >= TONE_PRESENT {
                     fail(format!(
@@ -294,7 +293,13 @@ impl CallMedia {
                         own_share * 100.0
                     ))
                 } else if heard == 0 {
-                    fail("meeting: none of the other participants' tones is in the audio".into())
+                    let rms = (energy / self.window.len() as f64).sqrt();
+                    fail(format!(
+                        "meeting: none of the other participants' tones is in the audio \
+                         (loudest {:.1} % of it, {} ms analysed, RMS {rms:.0})",
+                        loudest * 100.0,
+                        self.window.len() / 8
+                    ))
                 } else {
                     Verdict {
                         ok: true,

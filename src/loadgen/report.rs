@@ -24,6 +24,8 @@ pub struct CallOutcome {
     pub role: Role,
     pub attempted: bool,
     pub invite_to_200: Option<Duration>,
+    /// The 200 OK's arrival.
+    pub answered_at: Option<std::time::Instant>,
     pub invite_to_meeting: Option<Duration>,
     pub failure: Option<String>,
     /// The receive side, for calls that were answered.
@@ -74,6 +76,9 @@ pub struct Rtp {
     pub jitter_ms: Summary,
     /// Each call's largest gap between two packets, ms.
     pub max_gap_ms: Summary,
+    /// When each call's largest gap ended, ms after its 200 OK: where in the call flow the
+    /// gaps are (greeting 0–1.6 s, "press star" to 6.3 s, hold music after; meeting start).
+    pub max_gap_at_ms: Summary,
     /// Datagrams that were not RTP.
     pub malformed: u64,
 }
@@ -173,6 +178,15 @@ impl Report {
                     .map(|(_, m)| ms(m.stats.max_gap()))
                     .collect::<Vec<_>>(),
             ),
+            max_gap_at_ms: Summary::of(
+                &media
+                    .iter()
+                    .filter_map(|(o, m)| {
+                        let end = m.stats.max_gap_end()?;
+                        Some(ms(end.saturating_duration_since(o.answered_at?)))
+                    })
+                    .collect::<Vec<_>>(),
+            ),
             malformed,
         };
         let mut heard = Heard {
@@ -182,19 +196,16 @@ impl Report {
             meeting_ok: 0,
             all_ok: true,
         };
+        // Failed calls are listed before callers that heard the wrong thing.
         let mut failures = Vec::new();
-        let mut note = |call: usize, role: &Role, reason: String| {
-            if failures.len() < LISTED_FAILURES {
-                failures.push(Failure {
-                    call,
-                    role: role_name(role).into(),
-                    reason,
-                });
-            }
-        };
+        let mut unheard = Vec::new();
         for (call, o) in outcomes.iter().enumerate() {
             if let Some(reason) = &o.failure {
-                note(call, &o.role, reason.clone());
+                failures.push(Failure {
+                    call,
+                    role: role_name(&o.role).into(),
+                    reason: reason.clone(),
+                });
             }
             let Some(m) = &o.media else { continue };
             let verdict = m.verdict();
@@ -208,9 +219,15 @@ impl Report {
             }
             if let Some(problem) = verdict.problem {
                 heard.all_ok = false;
-                note(call, &o.role, problem);
+                unheard.push(Failure {
+                    call,
+                    role: role_name(&o.role).into(),
+                    reason: problem,
+                });
             }
         }
+        failures.extend(unheard);
+        failures.truncate(LISTED_FAILURES);
         let quality = Quality {
             no_failed_calls: calls.failed == 0 && calls.attempted == outcomes.len(),
             jitter_p99_ok: rtp.jitter_ms.p99 <= MAX_JITTER_P99_MS,
@@ -291,6 +308,11 @@ impl fmt::Display for Report {
         );
         row(&mut s, "RTP jitter (ms)", &self.rtp.jitter_ms);
         row(&mut s, "RTP largest gap (ms)", &self.rtp.max_gap_ms);
+        row(
+            &mut s,
+            "  …ended, ms after the 200",
+            &self.rtp.max_gap_at_ms,
+        );
         let r = &self.rtp;
         let _ = writeln!(
             s,

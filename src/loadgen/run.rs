@@ -274,6 +274,7 @@ pub async fn run(
             role: plan.calls[i].role.clone(),
             attempted: slot.invite_at.is_some(),
             invite_to_200: slot.answered_at.zip(slot.invite_at).map(|(a, b)| a - b),
+            answered_at: slot.answered_at,
             invite_to_meeting: media
                 .as_ref()
                 .and_then(CallMedia::in_meeting_at)

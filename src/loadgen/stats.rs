@@ -27,6 +27,8 @@ pub struct RtpStats {
     jitter: f64,
     last_arrival: Option<Instant>,
     max_gap: Duration,
+    /// When the packet that ended the largest gap arrived.
+    max_gap_end: Option<Instant>,
 }
 
 /// Sequence and timing state of the current SSRC.
@@ -61,13 +63,18 @@ impl RtpStats {
             jitter: 0.0,
             last_arrival: None,
             max_gap: Duration::ZERO,
+            max_gap_end: None,
         }
     }
 
     /// Records one packet that arrived at `now`.
     pub fn handle_packet(&mut self, now: Instant, header: &RtpHeader) {
         if let Some(last) = self.last_arrival {
-            self.max_gap = self.max_gap.max(now.saturating_duration_since(last));
+            let gap = now.saturating_duration_since(last);
+            if gap > self.max_gap {
+                self.max_gap = gap;
+                self.max_gap_end = Some(now);
+            }
         }
         self.last_arrival = Some(now);
         let arrival =
@@ -141,6 +148,11 @@ impl RtpStats {
     /// The largest time between two consecutive arrivals.
     pub fn max_gap(&self) -> Duration {
         self.max_gap
+    }
+
+    /// When the largest gap ended (the arrival of the packet after it).
+    pub fn max_gap_end(&self) -> Option<Instant> {
+        self.max_gap_end
     }
 }
 

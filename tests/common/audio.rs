@@ -65,7 +65,10 @@ pub fn sox_raw(input: &[&str], effects: &[&str], encoding: RawEncoding) -> Vec<u
         RawEncoding::ALaw => &["-e", "a-law", "-b", "8"],
     };
     let mut cmd = Command::new(sox);
+    // -D: no dither. sox dithers when it lowers the bit depth, with fresh noise on every
+    // run, which made two encodings of the same signal disagree by a step now and then.
     cmd.arg("-V1")
+        .arg("-D")
         .args(input)
         .args(["-t", "raw"])
         .args(format)

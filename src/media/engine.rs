@@ -130,6 +130,8 @@ pub enum Inbound {
 pub struct Transmit {
     pub destination: SocketAddr,
     pub len: usize,
+    /// When its frame fell due: how late the packet leaves is measured from here.
+    pub due: Instant,
 }
 
 /// Per-call counters.
@@ -427,7 +429,11 @@ impl CallMedia {
             let (codec, pt) = (negotiated.params.codec, negotiated.params.payload_type);
             let len = self.write_frame(codec, pt, buf);
             self.stats.sent += 1;
-            return Some(Transmit { destination, len });
+            return Some(Transmit {
+                destination,
+                len,
+                due,
+            });
         }
     }
 
@@ -623,6 +629,26 @@ pub struct EngineStats {
     pub packets_malformed: u64,
     /// Packets the socket refused (send buffer full, unreachable address family).
     pub send_failures: u64,
+    /// Sent packets by how late they left after their frame fell due: under 1, 2, 5, 10
+    /// and 20 ms, and 20 ms or more (see [`SEND_LATENESS_BOUNDS`]).
+    pub send_lateness: [u64; LATENESS_BUCKETS],
+}
+
+/// Upper bounds of the [`EngineStats::send_lateness`] buckets; the last bucket is open.
+pub const SEND_LATENESS_BOUNDS: [Duration; LATENESS_BUCKETS - 1] = [
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(20),
+];
+pub const LATENESS_BUCKETS: usize = 6;
+
+fn lateness_bucket(late: Duration) -> usize {
+    SEND_LATENESS_BOUNDS
+        .iter()
+        .position(|bound| late < *bound)
+        .unwrap_or(LATENESS_BUCKETS - 1)
 }
 
 #[derive(Debug, Error)]
@@ -1001,6 +1027,9 @@ impl Engine {
             stats.packets_dropped_foreign += c.foreign.load(Ordering::Relaxed);
             stats.packets_malformed += c.malformed.load(Ordering::Relaxed);
             stats.send_failures += c.send_failures.load(Ordering::Relaxed);
+            for (total, n) in stats.send_lateness.iter_mut().zip(&c.send_lateness) {
+                *total += n.load(Ordering::Relaxed);
+            }
         }
         stats
     }
@@ -1066,6 +1095,7 @@ struct WorkerCounters {
     foreign: AtomicU64,
     malformed: AtomicU64,
     send_failures: AtomicU64,
+    send_lateness: [AtomicU64; LATENESS_BUCKETS],
 }
 
 /// A tick's counts, added to the shared counters once at its end.
@@ -1076,6 +1106,7 @@ struct Tally {
     foreign: u64,
     malformed: u64,
     send_failures: u64,
+    send_lateness: [u64; LATENESS_BUCKETS],
 }
 
 impl Tally {
@@ -1095,6 +1126,11 @@ impl Tally {
             (&counters.malformed, self.malformed),
             (&counters.send_failures, self.send_failures),
         ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        for (counter, &n) in counters.send_lateness.iter().zip(&self.send_lateness) {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
@@ -1148,7 +1184,7 @@ impl Worker {
                     Some(command) => self.apply(now(), command),
                     None => break,
                 },
-                _ = clock.tick() => self.tick(now()),
+                deadline = clock.tick() => self.tick(now(), deadline.into_std()),
             }
         }
         let mut pool = lock(&self.pool);
@@ -1304,8 +1340,9 @@ impl Worker {
         }
     }
 
-    /// The 20 ms tick: for each call, take in what arrived, then send what is due.
-    fn tick(&mut self, now: Instant) {
+    /// The 20 ms tick (scheduled for `deadline`): for each call, take in what arrived, then
+    /// send what is due.
+    fn tick(&mut self, now: Instant, deadline: Instant) {
         let mut tally = Tally::default();
         for session in self.sessions.values_mut() {
             for _ in 0..MAX_DATAGRAMS_PER_TICK {
@@ -1337,7 +1374,14 @@ impl Worker {
                     .socket
                     .try_send_to(&self.send_buf[..transmit.len], destination)
                 {
-                    Ok(_) => tally.sent += 1,
+                    Ok(_) => {
+                        tally.sent += 1;
+                        // A vDSO clock read, no syscall: how late the packet left after the
+                        // later of its frame's due time and the tick that sends it.
+                        let late =
+                            self::now().saturating_duration_since(transmit.due.max(deadline));
+                        tally.send_lateness[lateness_bucket(late)] += 1;
+                    }
                     Err(_) => {
                         tally.send_failures += 1;
                         session.media.transmit_failed();

@@ -3,7 +3,8 @@
 //! `sipp-scenarios/organizer.xml` dials the same conference and enters `*`, the PIN and `#`
 //! with SIPp 3.6's `play_dtmf` (RFC 2833 events on payload type 96). The meeting starts, the
 //! lobby joins it, and the server reports 21 participants; both SIPp runs finish with zero
-//! failed calls. `anonymous-caller.xml` is checked to wait in the lobby and never start a
+//! failed calls. `organizer-info.xml` does the same with the keys as SIP INFO
+//! (`application/dtmf-relay`), one INFO per key, each answered 200. `anonymous-caller.xml` is checked to wait in the lobby and never start a
 //! meeting, even for an organizer who needs no PIN.
 
 mod common;
@@ -124,6 +125,67 @@ fn twenty_lobby_callers_then_the_organizer_make_a_meeting_of_21() {
     assert_all_succeeded(&organizer.finish(PROCESS_LIMIT), 1);
     assert_all_succeeded(&lobby.finish(PROCESS_LIMIT), u64::from(LOBBY_CALLERS));
     wait_log_count(&server, &["meeting ended", "reason=LastLeft"], 1);
+    let logs = server.logs();
+    assert!(
+        !logs.contains(&format!("={}", org.pin)) && !logs.contains(&format!(" {} ", org.pin)),
+        "the PIN is in the server log"
+    );
+}
+
+#[test]
+fn an_organizer_keying_by_sip_info_starts_the_meeting_for_the_lobby() {
+    let server = Server::builder()
+        .organizer("mona.kane@contoso.com", &[])
+        .log_level("info")
+        .start();
+    let org = server.organizer("mona.kane@contoso.com").clone();
+    let ports = PortBlock::reserve();
+    const CALLERS: u32 = 3;
+    let lobby = spawn(
+        &server,
+        "lobby-caller.xml",
+        &ports,
+        0,
+        CALLERS,
+        &["-s", &org.conference, "-d", "20000"],
+        &[],
+    );
+    wait_log_count(
+        &server,
+        &["waiting in the lobby", "pinbridge::ivr"],
+        CALLERS as usize,
+    );
+
+    let inf = format!("SEQUENTIAL\n{};{};\n", org.conference, org.pin);
+    let organizer = spawn(
+        &server,
+        "organizer-info.xml",
+        &ports,
+        5,
+        1,
+        &["-inf", "organizer.csv", "-d", "5000"],
+        &[("organizer.csv", inf.as_bytes())],
+    );
+    wait_log_count(&server, &["joined the meeting", "participants=4"], 1);
+    let organizer = organizer.finish(PROCESS_LIMIT);
+    assert_all_succeeded(&organizer, 1);
+    // One INFO for `*`, one per PIN key, one for `#`; every one answered 200.
+    let infos = org.pin.len() as u64 + 2;
+    assert_eq!(
+        organizer.stat("Retransmissions(C)"),
+        Some(0),
+        "{}",
+        organizer.report()
+    );
+    // The scenario goes on only past a 200 to each INFO, so success means every key was
+    // answered; with no retransmissions, each was sent once.
+    assert_eq!(
+        organizer.messages.matches("INFO sip:").count() as u64,
+        infos,
+        "{}",
+        organizer.report()
+    );
+    assert_all_succeeded(&lobby.finish(PROCESS_LIMIT), u64::from(CALLERS));
     let logs = server.logs();
     assert!(
         !logs.contains(&format!("={}", org.pin)) && !logs.contains(&format!(" {} ", org.pin)),

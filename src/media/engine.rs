@@ -10,9 +10,18 @@
 //!   rule — pacing, sequence/timestamp continuity, marker bit, hold, source validation, RTP
 //!   timeout — lives and is tested here, on a virtual clock.
 //! - [`Engine`] is the thin tokio layer: a cheap handle that binds a socket per call from the
-//!   [`PortPool`] and passes it to one of `workers` worker tasks. On each 20 ms tick a worker
-//!   drains each of its calls' sockets (`try_recv_from` until `WouldBlock`), feeds the
-//!   datagrams to its `CallMedia`, and sends the frames that are due (`try_send_to`).
+//!   [`PortPool`] and passes it to one of `workers` worker tasks.
+//!
+//! Time slots: the 20 ms period is cut into `SLOTS` slots of `SLOT_TICK` (2 ms), on one grid
+//! shared by every worker (the engine's start instant). Each call belongs to a slot — the
+//! least loaded of its worker's next five when it opens (so its first frame leaves within
+//! 10 ms of the answer), kept for its life, across workers too — and
+//! its frame clock is phase-shifted into it ([`CallMedia::set_frame_origin`]), so its frames
+//! fall due at `slot start + k × 20 ms`, exactly 20 ms apart. A worker wakes at every slot
+//! start and serves only that slot's calls: drains their sockets (`try_recv_from` until
+//! `WouldBlock`), feeds the datagrams to their `CallMedia`s, and sends the frames that are
+//! due (`try_send_to`). Sending every call's packet on one 20 ms tick made the last of a few
+//! thousand calls several milliseconds late, every frame; now a tick has a tenth of them.
 //!
 //! Signalling drives a session: [`Engine::open`] (put the port in the SDP answer) →
 //! [`Engine::configure`] (the negotiated media; again on every re-INVITE, hold and resume) →
@@ -20,10 +29,14 @@
 //! [`MediaEvent`]s.
 //!
 //! Meetings: [`Engine::join_meeting`] moves a session to the worker that runs its meeting's
-//! [`Mixer`] (the first participant's), so a meeting's mix is one worker's business. Each
-//! tick that worker reads every socket, mixes each meeting once, then sends: a participant's
-//! audio is heard by the others in the frame after it arrived (plus one frame of lookahead
-//! when the call runs in-band DTMF detection, so a key press never reaches the mix).
+//! [`Mixer`] (the first participant's), so a meeting's mix is one worker's business. A
+//! meeting's mix runs once per period, in the slot of the participant that made it: that
+//! tick reads the slot's sockets, mixes, then sends. Participants in other slots keep their
+//! own slot; each takes the newest mixed frame when its own frame falls due, which is before
+//! the next mix (one mix per 20 ms, one packet per 20 ms), so every mixed frame is sent once.
+//! A participant's audio is heard by the others within a frame of arriving (plus one frame of
+//! lookahead when the call runs in-band DTMF detection, so a key press never reaches the
+//! mix).
 //!
 //! Hot path (DESIGN.md): per packet no allocation, no lock shared across calls, no syscall
 //! beyond the socket read or write. Locks are taken only by `open`/`close`/control calls.
@@ -39,7 +52,6 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::dtmf::goertzel::{InbandDetector, InbandEvent, samples_to_duration};
@@ -56,6 +68,13 @@ use super::{Codec, Direction, FRAME_SAMPLES, Frame, PTIME, PayloadType, g711};
 /// an older backlog is skipped — its time passes on the RTP timestamp, and the next packet
 /// starts a talkspurt — rather than burst into the peer's jitter buffer.
 const MAX_CATCH_UP_FRAMES: u64 = 3;
+/// Slots per 20 ms period; a worker wakes once per slot (every `SLOT_TICK`).
+const SLOTS: usize = 10;
+/// `PTIME / SLOTS`: 2 ms. Short enough that a few thousand calls a worker make a few hundred
+/// per tick; long enough that an idle-ish worker's 500 wake-ups a second cost nothing.
+const SLOT_TICK: Duration = Duration::from_nanos(PTIME.as_nanos() as u64 / SLOTS as u64);
+/// A new session goes to the least loaded of the next this many slots (see `choose_slot`).
+const SOON_SLOTS: usize = 5;
 /// Datagrams read from one call's socket per tick. A peer sends one per 20 ms, plus a few
 /// redundant RFC 4733 event packets; beyond this a flood waits in (and overflows) the kernel
 /// buffer instead of starving the worker's other calls.
@@ -130,6 +149,8 @@ pub enum Inbound {
 pub struct Transmit {
     pub destination: SocketAddr,
     pub len: usize,
+    /// When its frame fell due: how late the packet leaves is measured from here.
+    pub due: Instant,
 }
 
 /// Per-call counters.
@@ -160,9 +181,13 @@ pub struct CallMedia {
     /// send nothing and accept nothing.
     negotiated: Option<Negotiated>,
     playback: Option<Playback>,
-    /// When the next 20 ms frame is due. Starts at the first `configure` and then runs for
-    /// the life of the call, sent or not, so the RTP timestamp follows the clock.
+    /// When the next 20 ms frame is due. Starts at the first `configure` (on the frame grid,
+    /// if one is set) and then runs for the life of the call, sent or not, so the RTP
+    /// timestamp follows the clock.
     next_frame_at: Option<Instant>,
+    /// Frames fall due at `origin + k × PTIME` (the call's time slot); `None`: from the
+    /// first `configure` on.
+    frame_origin: Option<Instant>,
     /// When the peer's silence becomes an [`CallEvent::RtpTimeout`]; `None` while our
     /// direction does not receive, and once the event fired until a packet re-arms it.
     rx_deadline: Option<Instant>,
@@ -266,6 +291,7 @@ impl CallMedia {
             negotiated: None,
             playback: None,
             next_frame_at: None,
+            frame_origin: None,
             rx_deadline: None,
             events: VecDeque::with_capacity(2),
             stats: CallStats::default(),
@@ -295,7 +321,9 @@ impl CallMedia {
             }
         }
         self.rx_deadline = params.direction.receives().then(|| now + self.rtp_timeout);
-        self.next_frame_at.get_or_insert(now);
+        if self.next_frame_at.is_none() {
+            self.next_frame_at = Some(self.on_frame_grid(now));
+        }
         match (params.inband_dtmf, self.inband.is_some()) {
             (true, false) => self.inband = Some(Box::default()),
             (false, true) => self.inband = None,
@@ -303,6 +331,33 @@ impl CallMedia {
         }
         if let Some(mix) = &mut self.mix {
             mix.lookahead = params.inband_dtmf;
+        }
+    }
+
+    /// Puts the call's frames on the grid `origin + k × 20 ms` (`origin` may be any instant
+    /// on it, past or future): the first frame after `configure` falls due on the grid's first
+    /// instant at or after the configure. A running clock moves to the grid's first instant
+    /// at or after its next frame, so it is only ever delayed (by less than 20 ms, once) and
+    /// frames never go closer than 20 ms apart.
+    pub fn set_frame_origin(&mut self, origin: Instant) {
+        self.frame_origin = Some(origin);
+        if let Some(next) = self.next_frame_at {
+            self.next_frame_at = Some(self.on_frame_grid(next));
+        }
+    }
+
+    /// The first instant of the frame grid at or after `t` (`t` itself without a grid).
+    fn on_frame_grid(&self, t: Instant) -> Instant {
+        let Some(origin) = self.frame_origin else {
+            return t;
+        };
+        let period = PTIME.as_nanos();
+        if t <= origin {
+            let back = (origin - t).as_nanos() / period * period;
+            origin - Duration::from_nanos(back as u64)
+        } else {
+            let ahead = (t - origin).as_nanos().div_ceil(period) * period;
+            origin + Duration::from_nanos(ahead as u64)
         }
     }
 
@@ -427,7 +482,11 @@ impl CallMedia {
             let (codec, pt) = (negotiated.params.codec, negotiated.params.payload_type);
             let len = self.write_frame(codec, pt, buf);
             self.stats.sent += 1;
-            return Some(Transmit { destination, len });
+            return Some(Transmit {
+                destination,
+                len,
+                due,
+            });
         }
     }
 
@@ -583,6 +642,58 @@ impl CallMedia {
     }
 }
 
+/// A worker's slot schedule, sans-IO: tick `k` is at `epoch + k × SLOT_TICK` and serves slot
+/// `k % SLOTS`. Every worker shares the engine's epoch, so a slot is the same phase on all
+/// of them and a session moving between workers keeps its frame clock.
+#[derive(Clone, Copy, Debug)]
+struct SlotClock {
+    epoch: Instant,
+    /// The first tick not yet served.
+    next_tick: u64,
+}
+
+impl SlotClock {
+    fn new(epoch: Instant, now: Instant) -> Self {
+        let mut clock = SlotClock {
+            epoch,
+            next_tick: 0,
+        };
+        clock.next_tick = clock.index(now) + 1;
+        clock
+    }
+
+    /// When the next tick is due.
+    fn next_deadline(&self) -> Instant {
+        self.at(self.next_tick)
+    }
+
+    /// The frame grid of `slot`: any instant on it (see [`CallMedia::set_frame_origin`]).
+    fn origin(&self, slot: usize) -> Instant {
+        self.at(slot as u64)
+    }
+
+    /// The ticks due by `now` not yet served, oldest first, as (deadline, slot). After a
+    /// stall only the last `SLOTS` of them — every slot once: each call's frame clock knows
+    /// how many frames it owes, and serving a slot twice in one wake-up would add nothing.
+    fn due(&mut self, now: Instant) -> impl Iterator<Item = (Instant, usize)> + use<> {
+        let current = self.index(now);
+        let first = self
+            .next_tick
+            .max((current + 1).saturating_sub(SLOTS as u64));
+        self.next_tick = self.next_tick.max(current + 1);
+        let clock = *self;
+        (first..=current).map(move |k| (clock.at(k), (k % SLOTS as u64) as usize))
+    }
+
+    fn index(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.epoch).as_nanos() / SLOT_TICK.as_nanos()) as u64
+    }
+
+    fn at(&self, tick: u64) -> Instant {
+        self.epoch + Duration::from_nanos(tick * SLOT_TICK.as_nanos() as u64)
+    }
+}
+
 /// How the engine is set up; see `config.rs` for the defaults.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -623,6 +734,26 @@ pub struct EngineStats {
     pub packets_malformed: u64,
     /// Packets the socket refused (send buffer full, unreachable address family).
     pub send_failures: u64,
+    /// Sent packets by how late they left after their frame fell due: under 1, 2, 5, 10
+    /// and 20 ms, and 20 ms or more (see [`SEND_LATENESS_BOUNDS`]).
+    pub send_lateness: [u64; LATENESS_BUCKETS],
+}
+
+/// Upper bounds of the [`EngineStats::send_lateness`] buckets; the last bucket is open.
+pub const SEND_LATENESS_BOUNDS: [Duration; LATENESS_BUCKETS - 1] = [
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(20),
+];
+pub const LATENESS_BUCKETS: usize = 6;
+
+fn lateness_bucket(late: Duration) -> usize {
+    SEND_LATENESS_BOUNDS
+        .iter()
+        .position(|bound| late < *bound)
+        .unwrap_or(LATENESS_BUCKETS - 1)
 }
 
 #[derive(Debug, Error)]
@@ -780,6 +911,8 @@ impl Engine {
             .collect();
         // Weak, so that dropping the engine still closes every worker's channel.
         let peers: Vec<_> = channels.iter().map(|(tx, _)| tx.downgrade()).collect();
+        // The slot grid every worker shares.
+        let epoch = now();
         let workers = channels
             .into_iter()
             .enumerate()
@@ -790,8 +923,12 @@ impl Engine {
                     peers: peers.clone(),
                     forward: HashMap::new(),
                     meetings: HashMap::new(),
+                    meeting_slots: HashMap::new(),
                     mix_in: [0; FRAME_SAMPLES],
                     sessions: HashMap::new(),
+                    slots: vec![Vec::new(); SLOTS],
+                    fresh: Vec::new(),
+                    clock: SlotClock::new(epoch, epoch),
                     rtp_timeout: cfg.rtp_timeout,
                     ipv6_sockets: cfg.bind_ip.is_ipv6(),
                     pool: pool.clone(),
@@ -1001,6 +1138,9 @@ impl Engine {
             stats.packets_dropped_foreign += c.foreign.load(Ordering::Relaxed);
             stats.packets_malformed += c.malformed.load(Ordering::Relaxed);
             stats.send_failures += c.send_failures.load(Ordering::Relaxed);
+            for (total, n) in stats.send_lateness.iter_mut().zip(&c.send_lateness) {
+                *total += n.load(Ordering::Relaxed);
+            }
         }
         stats
     }
@@ -1066,6 +1206,7 @@ struct WorkerCounters {
     foreign: AtomicU64,
     malformed: AtomicU64,
     send_failures: AtomicU64,
+    send_lateness: [AtomicU64; LATENESS_BUCKETS],
 }
 
 /// A tick's counts, added to the shared counters once at its end.
@@ -1076,6 +1217,7 @@ struct Tally {
     foreign: u64,
     malformed: u64,
     send_failures: u64,
+    send_lateness: [u64; LATENESS_BUCKETS],
 }
 
 impl Tally {
@@ -1099,6 +1241,11 @@ impl Tally {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
+        for (counter, &n) in counters.send_lateness.iter().zip(&self.send_lateness) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -1111,9 +1258,16 @@ struct Worker {
     /// there): their commands are passed on, in order.
     forward: HashMap<SessionId, usize>,
     meetings: HashMap<MixId, Mixer>,
+    /// The slot each meeting's mix runs in: its first participant's here.
+    meeting_slots: HashMap<MixId, usize>,
     /// Scratch for one participant's frame on its way into a mix.
     mix_in: [i16; FRAME_SAMPLES],
     sessions: HashMap<SessionId, Session>,
+    /// The sessions of each time slot (each session is in its `Session::slot`'s list).
+    slots: Vec<Vec<SessionId>>,
+    /// Opened sessions whose socket tokio does not know to be writable yet.
+    fresh: Vec<SessionId>,
+    clock: SlotClock,
     rtp_timeout: Duration,
     /// Sockets are IPv6 (dual-stack): IPv4 destinations are sent to as IPv4-mapped.
     ipv6_sockets: bool,
@@ -1129,26 +1283,38 @@ struct Session {
     socket: UdpSocket,
     port: u16,
     meeting: Option<MixId>,
-    /// False until the session has been through one tick. tokio only learns that a new
-    /// socket is writable when its driver next turns, and until then `try_send_to` fails
-    /// without trying; the next tick comes after such a turn, so a call's first packet
-    /// (the one with the marker, the first of its greeting) is not thrown away.
+    /// The time slot it is served in, for life (see the module docs).
+    slot: usize,
+    /// False until tokio knows the new socket is writable: until its driver has turned once
+    /// since the socket was registered, `try_send_to` fails without trying. Checked at each
+    /// wake-up (`Worker::arm`), so a call's first packet (the one with the marker, the first
+    /// of its greeting) goes out at its first frame rather than being thrown away.
     writable: bool,
 }
 
 impl Worker {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut clock = tokio::time::interval(PTIME);
-        // After a stall, one tick at once, then back on the 20 ms grid: each call's own frame
-        // clock decides how many frames it owes (see CallMedia::poll_transmit).
-        clock.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        self.clock = SlotClock::new(self.clock.epoch, now());
         loop {
+            let deadline = tokio::time::Instant::from_std(self.clock.next_deadline());
+            // No sessions, no wake-ups: a stale deadline afterwards serves each slot once.
+            let busy = !self.sessions.is_empty();
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => self.apply(now(), command),
                     None => break,
                 },
-                _ = clock.tick() => self.tick(now()),
+                () = tokio::time::sleep_until(deadline), if busy => {
+                    std::future::poll_fn(|cx| {
+                        self.arm(cx);
+                        std::task::Poll::Ready(())
+                    })
+                    .await;
+                    let now = now();
+                    for (deadline, slot) in self.clock.due(now) {
+                        self.tick(now, deadline, slot);
+                    }
+                }
             }
         }
         let mut pool = lock(&self.pool);
@@ -1178,18 +1344,22 @@ impl Worker {
                 port,
                 sender,
             } => {
-                let media = CallMedia::new(sender, self.rtp_timeout);
+                let slot = choose_slot(&self.slots, self.clock.index(now));
+                let mut media = CallMedia::new(sender, self.rtp_timeout);
+                media.set_frame_origin(self.clock.origin(slot));
                 let session = Session {
                     media,
                     socket,
                     port,
                     meeting: None,
+                    slot,
                     writable: false,
                 };
-                if let Some(old) = self.sessions.insert(id, session) {
+                if let Some(old) = self.insert_session(id, session) {
                     // The engine refuses duplicate ids; keep the pool honest regardless.
                     lock(&self.pool).release(old.port);
                 }
+                self.fresh.push(id);
             }
             Command::Configure { id, params } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -1210,7 +1380,7 @@ impl Worker {
                 }
             }
             Command::Close { id } => {
-                if let Some(mut session) = self.sessions.remove(&id) {
+                if let Some(mut session) = self.remove_session(id) {
                     self.leave_mix(id, &mut session);
                     drop(session.socket);
                     lock(&self.pool).release(session.port);
@@ -1221,7 +1391,7 @@ impl Worker {
                 meeting,
                 worker,
             } => {
-                let Some(mut session) = self.sessions.remove(&id) else {
+                let Some(mut session) = self.remove_session(id) else {
                     return;
                 };
                 self.leave_mix(id, &mut session);
@@ -1241,9 +1411,10 @@ impl Worker {
                 }
                 let codec = session.media.params().map_or(Codec::Pcmu, |p| p.codec);
                 self.meetings.entry(meeting).or_default().add(id.0, codec);
+                self.meeting_slots.entry(meeting).or_insert(session.slot);
                 session.media.join_mix();
                 session.meeting = Some(meeting);
-                self.sessions.insert(id, session);
+                self.insert_session(id, session);
             }
             Command::Leave { id } => {
                 if let Some(mut session) = self.sessions.remove(&id) {
@@ -1259,8 +1430,12 @@ impl Worker {
                 }
             }
             Command::Adopt { id, session } => {
-                if let Some(old) = self.sessions.insert(id, *session) {
+                let writable = session.writable;
+                if let Some(old) = self.insert_session(id, *session) {
                     lock(&self.pool).release(old.port);
+                }
+                if !writable {
+                    self.fresh.push(id);
                 }
             }
             Command::Tone {
@@ -1275,6 +1450,46 @@ impl Worker {
         }
     }
 
+    /// Marks the new sessions whose sockets tokio now knows to be writable (registering the
+    /// worker's interest in the others, so the driver's next turn tells it).
+    fn arm(&mut self, cx: &mut std::task::Context<'_>) {
+        let mut i = 0;
+        while i < self.fresh.len() {
+            let Some(session) = self.sessions.get_mut(&self.fresh[i]) else {
+                self.fresh.swap_remove(i);
+                continue;
+            };
+            if session.socket.poll_send_ready(cx).is_ready() {
+                session.writable = true;
+                self.fresh.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Adds a session to the map and its slot's list; returns one it replaced (then the
+    /// list already held the id, in that one's slot).
+    fn insert_session(&mut self, id: SessionId, session: Session) -> Option<Session> {
+        let slot = session.slot;
+        let old = self.sessions.insert(id, session);
+        match &old {
+            Some(old) if old.slot == slot => {}
+            Some(old) => {
+                remove_id(&mut self.slots[old.slot], id);
+                self.slots[slot].push(id);
+            }
+            None => self.slots[slot].push(id),
+        }
+        old
+    }
+
+    fn remove_session(&mut self, id: SessionId) -> Option<Session> {
+        let session = self.sessions.remove(&id)?;
+        remove_id(&mut self.slots[session.slot], id);
+        Some(session)
+    }
+
     /// Takes `session` out of its meeting's mix, dropping the mix when it was the last.
     fn leave_mix(&mut self, id: SessionId, session: &mut Session) {
         session.media.leave_mix();
@@ -1285,6 +1500,7 @@ impl Worker {
             mixer.remove(id.0);
             if mixer.is_empty() {
                 self.meetings.remove(&meeting);
+                self.meeting_slots.remove(&meeting);
             }
         }
     }
@@ -1304,10 +1520,14 @@ impl Worker {
         }
     }
 
-    /// The 20 ms tick: for each call, take in what arrived, then send what is due.
-    fn tick(&mut self, now: Instant) {
+    /// One slot's tick (scheduled for `deadline`): for each of the slot's calls, take in what
+    /// arrived; mix the slot's meetings; then send what is due.
+    fn tick(&mut self, now: Instant, deadline: Instant, slot: usize) {
         let mut tally = Tally::default();
-        for session in self.sessions.values_mut() {
+        for id in &self.slots[slot] {
+            let Some(session) = self.sessions.get_mut(id) else {
+                continue;
+            };
             for _ in 0..MAX_DATAGRAMS_PER_TICK {
                 match session.socket.try_recv_from(&mut self.recv_buf[..]) {
                     Ok((len, source)) => {
@@ -1324,11 +1544,13 @@ impl Worker {
             }
             session.media.handle_timeout(now);
         }
-        self.mix();
-        for (&id, session) in &mut self.sessions {
+        self.mix(slot);
+        for &id in &self.slots[slot] {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if !session.writable {
-                // Frames due now go out, a few at once, on the next tick.
-                session.writable = true;
+                // Frames due now go out, a few at once, on a later tick.
                 continue;
             }
             while let Some(transmit) = session.media.poll_transmit(now, &mut self.send_buf) {
@@ -1337,7 +1559,14 @@ impl Worker {
                     .socket
                     .try_send_to(&self.send_buf[..transmit.len], destination)
                 {
-                    Ok(_) => tally.sent += 1,
+                    Ok(_) => {
+                        tally.sent += 1;
+                        // A vDSO clock read, no syscall: how late the packet left after the
+                        // later of its frame's due time and the tick that sends it.
+                        let late =
+                            self::now().saturating_duration_since(transmit.due.max(deadline));
+                        tally.send_lateness[lateness_bucket(late)] += 1;
+                    }
                     Err(_) => {
                         tally.send_failures += 1;
                         session.media.transmit_failed();
@@ -1359,10 +1588,13 @@ impl Worker {
         tally.add_to(&self.counters);
     }
 
-    /// One frame of every meeting on this worker: each participant's audio in, each one's
-    /// mix out, ready for the packets about to be sent.
-    fn mix(&mut self) {
-        for mixer in self.meetings.values_mut() {
+    /// One frame of every meeting whose mix runs in `slot`: each participant's audio in, each
+    /// one's mix out, ready for its next packet (in this tick, or in its own slot's).
+    fn mix(&mut self, slot: usize) {
+        for (meeting, mixer) in &mut self.meetings {
+            if self.meeting_slots.get(meeting) != Some(&slot) {
+                continue;
+            }
             for i in 0..mixer.len() {
                 let id = SessionId(mixer.id_at(i));
                 if let Some(session) = self.sessions.get_mut(&id)
@@ -1378,6 +1610,22 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// The slot for a session opened at tick `current`: the least loaded of the next
+/// `SOON_SLOTS`, so that its first frame leaves soon after the call is answered (within
+/// 10 ms) while a burst of new calls still spreads over half the period.
+fn choose_slot(slots: &[Vec<SessionId>], current: u64) -> usize {
+    (1..=SOON_SLOTS as u64)
+        .map(|d| ((current + d) % slots.len() as u64) as usize)
+        .min_by_key(|&slot| slots[slot].len())
+        .expect("SOON_SLOTS is at least one")
+}
+
+fn remove_id(ids: &mut Vec<SessionId>, id: SessionId) {
+    if let Some(i) = ids.iter().position(|x| *x == id) {
+        ids.swap_remove(i);
     }
 }
 
@@ -1716,6 +1964,149 @@ mod tests {
         );
         assert_eq!(call.stats().late_frames_skipped, 45);
         assert_eq!(call.poll_timeout(), Some(t0 + 51 * PTIME));
+    }
+
+    #[test]
+    fn with_a_frame_origin_the_first_frame_waits_for_the_slot_then_comes_every_20_ms() {
+        let t0 = Instant::now();
+        let mut call = call();
+        // Slot 3 of 10: frames at t0 + 6 ms + k × 20 ms.
+        call.set_frame_origin(t0 + 6 * MS);
+        call.configure(t0 + 13 * MS, params());
+        assert_eq!(call.poll_timeout(), Some(t0 + 26 * MS));
+        assert!(drain(&mut call, t0 + 25 * MS).is_empty());
+        let mut sent = Vec::new();
+        for k in 0..50u32 {
+            let at = t0 + 26 * MS + PTIME * k;
+            let got = drain(&mut call, at);
+            assert_eq!(got.len(), 1, "frame {k} at its slot instant");
+            assert_eq!(call.poll_timeout(), Some(at + PTIME));
+            sent.extend(got);
+        }
+        for (i, s) in sent.iter().enumerate() {
+            assert_eq!(s.header.sequence, 1000 + i as u16);
+            assert_eq!(s.header.timestamp, 5000 + 160 * i as u32);
+            assert_eq!(s.header.marker, i == 0);
+        }
+        // An origin in the future names the same grid.
+        let mut later = call_with_origin(t0 + 6 * MS + 40 * PTIME);
+        later.configure(t0 + 13 * MS, params());
+        assert_eq!(later.poll_timeout(), Some(t0 + 26 * MS));
+    }
+
+    fn call_with_origin(origin: Instant) -> CallMedia {
+        let mut call = call();
+        call.set_frame_origin(origin);
+        call
+    }
+
+    #[test]
+    fn moving_a_running_frame_clock_into_a_slot_only_delays_it_once() {
+        let t0 = Instant::now();
+        let mut call = call();
+        call.configure(t0, params());
+        assert_eq!(drain(&mut call, t0).len(), 1);
+        assert_eq!(drain(&mut call, t0 + PTIME).len(), 1);
+        // The grid moves 7 ms later: the frame due at 40 ms goes at 47 ms, then every 20 ms.
+        call.set_frame_origin(t0 + 7 * MS);
+        assert_eq!(call.poll_timeout(), Some(t0 + 47 * MS));
+        assert!(drain(&mut call, t0 + 46 * MS).is_empty());
+        let next = drain(&mut call, t0 + 47 * MS);
+        assert_eq!(next.len(), 1);
+        assert!(!next[0].header.marker);
+        assert_eq!(next[0].header.timestamp, 5000 + 2 * 160);
+        assert_eq!(call.poll_timeout(), Some(t0 + 67 * MS));
+    }
+
+    #[test]
+    fn the_slot_clock_serves_each_slot_in_turn_every_2_ms() {
+        let epoch = Instant::now();
+        let mut clock = SlotClock::new(epoch, epoch);
+        assert_eq!(SLOT_TICK * SLOTS as u32, PTIME);
+        assert_eq!(clock.next_deadline(), epoch + SLOT_TICK);
+        let mut served = Vec::new();
+        for k in 1..=25u32 {
+            // Woken a little late, as timers are.
+            let now = epoch + SLOT_TICK * k + MS / 4;
+            let due: Vec<_> = clock.due(now).collect();
+            assert_eq!(due.len(), 1, "tick {k}");
+            assert_eq!(due[0].0, epoch + SLOT_TICK * k);
+            served.push(due[0].1);
+        }
+        let want: Vec<usize> = (1..=25).map(|k| k % SLOTS).collect();
+        assert_eq!(served, want);
+        // Nothing twice.
+        assert_eq!(clock.due(epoch + SLOT_TICK * 25 + MS / 2).count(), 0);
+        assert_eq!(clock.origin(4), epoch + 4 * SLOT_TICK);
+    }
+
+    #[test]
+    fn after_a_stall_the_slot_clock_serves_every_slot_once_oldest_first() {
+        let epoch = Instant::now();
+        let mut clock = SlotClock::new(epoch, epoch);
+        // 53 ms without a wake-up: ticks 1..=26 are due; the last ten, one per slot.
+        let due: Vec<_> = clock.due(epoch + 53 * MS).collect();
+        let slots: Vec<usize> = due.iter().map(|(_, slot)| *slot).collect();
+        assert_eq!(slots, [7, 8, 9, 0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(due[0].0, epoch + 17 * SLOT_TICK);
+        assert_eq!(due[9].0, epoch + 26 * SLOT_TICK);
+        assert_eq!(clock.next_deadline(), epoch + 27 * SLOT_TICK);
+    }
+
+    /// A worker's schedule on a virtual clock: 1000 calls arriving over 100 ms spread over
+    /// the slots by `choose_slot`, each tick serving one slot's calls, for one second.
+    #[test]
+    fn slotted_calls_send_a_tenth_per_tick_each_exactly_every_20_ms() {
+        let epoch = Instant::now();
+        let mut clock = SlotClock::new(epoch, epoch);
+        let mut slots: Vec<Vec<SessionId>> = vec![Vec::new(); SLOTS];
+        let mut calls = Vec::new();
+        for i in 0..1000u64 {
+            // Calls arrive over the first 100 ms, at odd instants.
+            let at = epoch + Duration::from_micros(i * 100 + 37);
+            let slot = choose_slot(&slots, clock.index(at));
+            slots[slot].push(SessionId(i));
+            let mut call = call_with_origin(clock.origin(slot));
+            call.configure(at, params());
+            // Its first frame is at most 10 ms away.
+            assert!(call.poll_timeout().unwrap() - at <= SOON_SLOTS as u32 * SLOT_TICK);
+            calls.push(call);
+        }
+        let loads: Vec<usize> = slots.iter().map(Vec::len).collect();
+        assert!(loads.iter().all(|&n| (90..=110).contains(&n)), "{loads:?}");
+        let mut sends: Vec<Vec<Instant>> = vec![Vec::new(); calls.len()];
+        let mut buf = [0u8; MAX_PACKET_LEN];
+        let mut per_tick = Vec::new();
+        for k in 1..=500u32 {
+            let now = epoch + SLOT_TICK * k;
+            for (deadline, slot) in clock.due(now) {
+                let mut n = 0;
+                for id in &slots[slot] {
+                    let call = &mut calls[id.0 as usize];
+                    while let Some(t) = call.poll_transmit(now, &mut buf) {
+                        assert_eq!(t.due, deadline, "due exactly at its slot's tick");
+                        sends[id.0 as usize].push(now);
+                        n += 1;
+                    }
+                }
+                per_tick.push(n);
+            }
+        }
+        // Once every call is running (after 120 ms), each tick sends exactly one slot.
+        assert!(
+            per_tick[60..]
+                .iter()
+                .zip(loads.iter().cycle().skip(1))
+                .all(|(a, b)| a == b),
+            "{per_tick:?}"
+        );
+        for (i, times) in sends.iter().enumerate() {
+            assert!(times.len() >= 44, "call {i} sent {}", times.len());
+            assert!(
+                times.windows(2).all(|w| w[1] - w[0] == PTIME),
+                "call {i} not every 20 ms"
+            );
+        }
     }
 
     #[test]

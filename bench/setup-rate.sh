@@ -29,6 +29,7 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 "$BIN" serve --sip-listen "127.0.0.1:$SIP_PORT" --http-listen 127.0.0.1:0 \
     --rtp-ports 50000-59999 --data-dir "$WORK/data" --audio-dir "$ROOT/audio" \
+    --invite-rate 0 --message-rate 0 --max-calls 100000 \
     --log-level "$LOG_LEVEL" >"$WORK/stdout" 2>"$WORK/server.log" &
 SERVER=$!
 TCPDUMP=

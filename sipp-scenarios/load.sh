@@ -28,6 +28,7 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 "$BIN" serve --sip-listen "127.0.0.1:$SIP_PORT" --http-listen 127.0.0.1:0 \
     --rtp-ports 40000-49999 --data-dir "$WORK/data" --audio-dir "$ROOT/audio" \
+    --invite-rate 0 --message-rate 0 --max-calls 100000 \
     --max-participants 1000 --log-level info >"$WORK/stdout" 2>"$WORK/server.log" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait 2>/dev/null || true' EXIT

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""ACK -> first RTP packet, per call, from a loopback pcap (tcpdump -w, DLT_EN10MB or
+"""INVITE -> 200 and ACK -> first RTP packet, per call, from a loopback pcap (tcpdump -w, DLT_EN10MB or
 DLT_NULL/LINUX_SLL): for each call the time from the caller's ACK to the first RTP packet
 the server sends from the port its 200 OK put in SDP (the packet with the marker bit; the
-capture filter keeps only those). Prints count, p50, p95, p99 and max in ms.
+capture filter keeps only those); and the time from the caller's first INVITE to the server's
+200 OK (on the wire, at microsecond resolution, unlike SIPp's -trace_rtt, which counts in
+SIPp's own clock ticks). Prints count, p50, p95, p99 and max in ms of each.
 
 Usage: ack_to_rtp.py FILE.pcap SIP_PORT
 """
@@ -47,6 +49,7 @@ def main():
     port_of = {}  # call-id -> server RTP port (from the 200's SDP)
     ok_at = {}  # call-id -> time of the 200
     firsts = {}  # rtp port -> sorted list of first-packet times
+    invites = {}  # call-id -> first INVITE
     for t, sport, dport, payload in packets(path):
         if sport == sip_port or dport == sip_port:
             text = payload.decode("latin-1", "replace")
@@ -54,7 +57,9 @@ def main():
             if not cid:
                 continue
             cid = cid.group(1)
-            if text.startswith("ACK ") and cid not in acks:
+            if text.startswith("INVITE ") and cid not in invites:
+                invites[cid] = t
+            elif text.startswith("ACK ") and cid not in acks:
                 acks[cid] = t
             elif text.startswith("SIP/2.0 200") and "INVITE" in text.split("CSeq:", 1)[-1][:40]:
                 m = re.search(r"m=audio (\d+)", text)
@@ -73,15 +78,23 @@ def main():
         if not times:
             continue
         delays.append(max(0.0, min(times) - ack) * 1000)
-    delays.sort()
-    if not delays:
-        print("ack->first rtp: no calls matched")
+    answers = [(ok_at[c] - invites[c]) * 1000 for c in ok_at if c in invites]
+    summary("invite->200 (wire)", answers)
+    summary("ack->first rtp", delays)
+
+
+def summary(name, values):
+    values = sorted(values)
+    if not values:
+        print(f"{name}: no calls matched")
         return
+
     def pct(p):
-        return delays[min(len(delays) - 1, int(p / 100 * len(delays)))]
+        return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
     print(
-        f"ack->first rtp: {len(delays)} calls, p50 {pct(50):.2f} ms, p95 {pct(95):.2f} ms, "
-        f"p99 {pct(99):.2f} ms, max {delays[-1]:.2f} ms"
+        f"{name}: {len(values)} calls, p50 {pct(50):.2f} ms, p95 {pct(95):.2f} ms, "
+        f"p99 {pct(99):.2f} ms, max {values[-1]:.2f} ms"
     )
 
 

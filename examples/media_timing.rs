@@ -7,7 +7,7 @@
 //! cargo run --release --example media_timing -- [CALLS] [SECONDS] [WORKERS]
 //! ```
 //!
-//! `bench/media-timing.sh` runs it a few times; README's Performance table has the figures.
+//! README's Performance table has the figures (two runs each, before and after time slots).
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::sync::Arc;

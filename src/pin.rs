@@ -410,13 +410,7 @@ impl Pepper {
 
     /// Whether `other` is the same secret (compared without an early exit).
     pub fn same_as(&self, other: &Pepper) -> bool {
-        self.0.len() == other.0.len()
-            && self
-                .0
-                .iter()
-                .zip(&other.0)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        secrets_equal(&self.0, &other.0)
     }
 
     const FINGERPRINT_LABEL: &'static [u8] = b"pinbridge pepper fingerprint v1";
@@ -426,6 +420,21 @@ impl fmt::Debug for Pepper {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Pepper(<redacted>)")
     }
+}
+
+/// 256 bits from the CSPRNG as 64 hex digits: the one way pinbridge makes a bearer secret
+/// (admin token, sign-in links, sessions, CSRF tokens).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill(&mut bytes[..]);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether two secrets are equal, compared in time that depends only on their lengths
+/// (`subtle`).
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

@@ -1318,9 +1318,7 @@ impl Store {
         user: &UserId,
         now: SystemTime,
     ) -> Result<String, StoreError> {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill(&mut bytes[..]);
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = pin::random_token();
         let link = SignInLink {
             user: user.clone(),
             expires_at: now + SIGN_IN_LINK_TTL,

@@ -28,7 +28,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use rand::RngExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -89,9 +88,7 @@ impl AdminToken {
                 Ok((AdminToken::new(text.trim()), false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; 32];
-                rand::rng().fill(&mut bytes[..]);
-                let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let token = crate::pin::random_token();
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -108,8 +105,7 @@ impl AdminToken {
     /// Whether `offered` is the token. Compares every byte (no early exit at the first
     /// difference); only the length can be learnt from timing.
     pub fn matches(&self, offered: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        crate::pin::secrets_equal(self.0.as_bytes(), offered.as_bytes())
     }
 }
 

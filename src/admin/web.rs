@@ -28,13 +28,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use rand::RngExt;
 use serde::Deserialize;
 
 use super::api::ApiState;
 use super::service::{Actor, EmailOptions, Service};
 use crate::notify::Email;
-use crate::pin::{MASK, Pin};
+use crate::pin::{MASK, Pin, random_token, secrets_equal};
 use crate::store::{SIGN_IN_LINK_TTL, UserId};
 
 /// How long a signed-in session lasts.
@@ -382,19 +381,9 @@ async fn sign_out(
 
 // ---- helpers ------------------------------------------------------------------------------
 
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill(&mut bytes[..]);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Constant-time comparison of two tokens.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    secrets_equal(a.as_bytes(), b.as_bytes())
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -256,20 +256,27 @@ impl Client {
     }
 }
 
+/// The admin token to send: `explicit` if given, else the one the server generated into
+/// `<data_dir>/admin-token`.
+pub fn resolve_token(
+    explicit: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<String, ClientError> {
+    if let Some(t) = explicit {
+        return Ok(t.trim().to_string());
+    }
+    let path = data_dir.join(AdminToken::FILE_NAME);
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| ClientError::NoToken {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Runs one `pinbridge admin` command, printing to `out`.
 pub fn run(args: AdminArgs, out: &mut impl Write) -> Result<(), ClientError> {
-    let token = match &args.token {
-        Some(t) => t.trim().to_string(),
-        None => {
-            let path = args.data_dir.join(AdminToken::FILE_NAME);
-            std::fs::read_to_string(&path)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| ClientError::NoToken {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?
-        }
-    };
+    let token = resolve_token(args.token.as_deref(), &args.data_dir)?;
     let client = Client::new(&args.server, &token);
     let (value, human) = call(&client, &args.command)?;
     if args.json {

@@ -27,7 +27,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::admin::api::AdminToken;
 use crate::admin::client::{Client, ClientError};
 use crate::audio::{Assets, AudioError};
 
@@ -210,18 +209,8 @@ fn organizers(args: &LoadgenArgs, plan: &Plan) -> Result<Vec<Conference>, Loadge
             reason,
         })?
     } else if let Some(url) = &args.admin_url {
-        let token = match &args.admin_token {
-            Some(t) => t.trim().to_string(),
-            None => {
-                let path = args.data_dir.join(AdminToken::FILE_NAME);
-                std::fs::read_to_string(&path)
-                    .map(|t| t.trim().to_string())
-                    .map_err(|e| ClientError::NoToken {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })?
-            }
-        };
+        let token =
+            crate::admin::client::resolve_token(args.admin_token.as_deref(), &args.data_dir)?;
         let created = create_organizers(&Client::new(url, &token), need)?;
         if let Some(out) = &args.organizers_out {
             let text: String = created

@@ -9,8 +9,17 @@
 //!   ([`CallMedia::poll_event`]) and when to call again ([`CallMedia::poll_timeout`]). Every
 //!   rule — pacing, sequence/timestamp continuity, marker bit, hold, source validation, RTP
 //!   timeout — lives and is tested here, on a virtual clock.
-//! - [`Engine`] is the thin tokio layer: a cheap handle that binds a socket per call from the
-//!   [`PortPool`] and passes it to one of `workers` worker tasks.
+//! - [`Engine`] is the thin I/O layer: a cheap handle that binds a socket per call from the
+//!   [`PortPool`] and passes it to one of `workers` worker threads.
+//!
+//! Workers are operating-system threads of their own, not tasks on the server's tokio
+//! runtime: a media frame must leave on time however busy signalling is (a burst of INVITEs,
+//! an admin request, a TLS handshake), and a task shares its runtime thread with all of
+//! that. A worker sleeps on its command channel until its next slot (`recv_timeout`, a
+//! futex with a high-resolution timeout, not tokio's 1 ms timer wheel), and reads its
+//! non-blocking sockets without a readiness registry: each slot's calls are read until
+//! `WouldBlock`, which is the same two `recvfrom` calls per packet an edge-triggered epoll
+//! loop makes, minus the `epoll_wait`.
 //!
 //! Time slots: the 20 ms period is cut into `SLOTS` slots of `SLOT_TICK` (2 ms), on one grid
 //! shared by every worker (the engine's start instant). Each call belongs to a slot — the
@@ -18,9 +27,9 @@
 //! 10 ms of the answer), kept for its life, across workers too — and
 //! its frame clock is phase-shifted into it ([`CallMedia::set_frame_origin`]), so its frames
 //! fall due at `slot start + k × 20 ms`, exactly 20 ms apart. A worker wakes at every slot
-//! start and serves only that slot's calls: drains their sockets (`try_recv_from` until
+//! start and serves only that slot's calls: drains their sockets (`recv_from` until
 //! `WouldBlock`), feeds the datagrams to their `CallMedia`s, and sends the frames that are
-//! due (`try_send_to`). Sending every call's packet on one 20 ms tick made the last of a few
+//! due (`send_to`). Sending every call's packet on one 20 ms tick made the last of a few
 //! thousand calls several milliseconds late, every frame; now a tick has a tenth of them.
 //!
 //! Signalling drives a session: [`Engine::open`] (put the port in the SDP answer) →
@@ -46,13 +55,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self as channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, info_span, warn};
 
 use super::dtmf::goertzel::{InbandDetector, InbandEvent, samples_to_duration};
 use super::dtmf::rfc4733::EventReceiver;
@@ -703,7 +712,7 @@ pub struct EngineConfig {
     pub rtp_ports: RangeInclusive<u16>,
     /// Peer silence that ends a call (DESIGN.md: 30 s).
     pub rtp_timeout: Duration,
-    /// Worker tasks, each with its own clock and calls; one per core.
+    /// Worker threads, each with its own clock and calls; one per core.
     pub workers: usize,
 }
 
@@ -774,8 +783,12 @@ pub enum MediaError {
     SessionExists(SessionId),
     #[error("the media engine needs at least one worker")]
     NoWorkers,
-    #[error("the media engine must start inside a tokio runtime")]
-    NoRuntime,
+    #[error("starting media worker thread {index}")]
+    Spawn {
+        index: usize,
+        #[source]
+        source: io::Error,
+    },
     #[error("media worker {0} has stopped")]
     WorkerStopped(usize),
 }
@@ -789,7 +802,6 @@ pub struct Engine {
 
 struct Shared {
     bind_ip: IpAddr,
-    runtime: tokio::runtime::Handle,
     pool: Arc<Mutex<PortPool>>,
     routes: Mutex<HashMap<SessionId, Route>>,
     /// The worker each meeting's mix runs on, and how many sessions are in it.
@@ -819,14 +831,24 @@ struct MeetingRoute {
 }
 
 struct WorkerHandle {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: channel::Sender<Command>,
     counters: Arc<WorkerCounters>,
+}
+
+impl Drop for Shared {
+    /// The last engine handle is gone: every worker stops, closing its sockets. (Workers
+    /// hold senders to each other to hand sessions over, so a closed channel cannot say it.)
+    fn drop(&mut self) {
+        for worker in &self.workers {
+            let _ = worker.commands.send(Command::Stop);
+        }
+    }
 }
 
 enum Command {
     Open {
         id: SessionId,
-        socket: UdpSocket,
+        socket: StdUdpSocket,
         port: u16,
         sender: RtpSender,
     },
@@ -870,6 +892,8 @@ enum Command {
         clip: Arc<Clip>,
         except: SessionId,
     },
+    /// The engine is gone: close every socket and end the thread.
+    Stop,
 }
 
 impl Command {
@@ -885,14 +909,14 @@ impl Command {
             | Command::Leave { id }
             | Command::SetMuted { id, .. }
             | Command::Adopt { id, .. } => Some(*id),
-            Command::Tone { .. } => None,
+            Command::Tone { .. } | Command::Stop => None,
         }
     }
 }
 
 impl Engine {
-    /// Starts `cfg.workers` worker tasks on the current tokio runtime. Events go to
-    /// `events`; if its receiver is dropped they are discarded.
+    /// Starts `cfg.workers` worker threads. Events go to `events`; if its receiver is
+    /// dropped they are discarded.
     pub fn start(
         cfg: EngineConfig,
         events: mpsc::UnboundedSender<MediaEvent>,
@@ -900,23 +924,18 @@ impl Engine {
         if cfg.workers == 0 {
             return Err(MediaError::NoWorkers);
         }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| MediaError::NoRuntime)?;
         let pool = PortPool::new(cfg.rtp_ports.clone()).map_err(|e| match e {
             PortPoolError::Empty { start, end } => MediaError::EmptyPortRange { start, end },
             PortPoolError::Exhausted { .. } => MediaError::PortsExhausted,
         })?;
         let pool = Arc::new(Mutex::new(pool));
-        let channels: Vec<_> = (0..cfg.workers)
-            .map(|_| mpsc::unbounded_channel())
-            .collect();
-        // Weak, so that dropping the engine still closes every worker's channel.
-        let peers: Vec<_> = channels.iter().map(|(tx, _)| tx.downgrade()).collect();
+        let channels: Vec<_> = (0..cfg.workers).map(|_| channel::channel()).collect();
+        let peers: Vec<_> = channels.iter().map(|(tx, _)| tx.clone()).collect();
         // The slot grid every worker shares.
         let epoch = now();
-        let workers = channels
-            .into_iter()
-            .enumerate()
-            .map(|(index, (commands, rx))| {
+        let mut workers = Vec::with_capacity(cfg.workers);
+        for (index, (commands, rx)) in channels.into_iter().enumerate() {
+            {
                 let counters = Arc::new(WorkerCounters::default());
                 let worker = Worker {
                     index,
@@ -927,7 +946,6 @@ impl Engine {
                     mix_in: [0; FRAME_SAMPLES],
                     sessions: HashMap::new(),
                     slots: vec![Vec::new(); SLOTS],
-                    fresh: Vec::new(),
                     clock: SlotClock::new(epoch, epoch),
                     rtp_timeout: cfg.rtp_timeout,
                     ipv6_sockets: cfg.bind_ip.is_ipv6(),
@@ -937,18 +955,26 @@ impl Engine {
                     recv_buf: Box::new([0; RECV_BUF_LEN]),
                     send_buf: [0; MAX_PACKET_LEN],
                 };
-                runtime.spawn(
-                    worker
-                        .run(rx)
-                        .instrument(info_span!("media_worker", worker = index)),
-                );
-                WorkerHandle { commands, counters }
-            })
-            .collect();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("media-{index}"))
+                    .spawn(move || {
+                        let _span = info_span!("media_worker", worker = index).entered();
+                        worker.run(rx);
+                    });
+                if let Err(source) = spawned {
+                    // Those already started stop when their channels' `Stop` comes.
+                    for started in &workers {
+                        let WorkerHandle { commands, .. } = started;
+                        let _ = commands.send(Command::Stop);
+                    }
+                    return Err(MediaError::Spawn { index, source });
+                }
+                workers.push(WorkerHandle { commands, counters });
+            }
+        }
         Ok(Engine {
             shared: Arc::new(Shared {
                 bind_ip: cfg.bind_ip,
-                runtime,
                 pool,
                 routes: Mutex::new(HashMap::new()),
                 meetings: Mutex::new(HashMap::new()),
@@ -968,15 +994,6 @@ impl Engine {
             return Err(MediaError::SessionExists(id));
         }
         let (socket, port) = self.bind_free_port()?;
-        let addr = SocketAddr::new(self.shared.bind_ip, port);
-        let socket = {
-            let _runtime = self.shared.runtime.enter();
-            UdpSocket::from_std(socket)
-        };
-        let socket = socket.map_err(|source| {
-            lock(&self.shared.pool).release(port);
-            MediaError::Bind { addr, source }
-        })?;
         let worker = self.assign_worker(id);
         let command = Command::Open {
             id,
@@ -1249,11 +1266,11 @@ impl Tally {
     }
 }
 
-/// A worker task: its calls, their sockets, the mixes of its meetings, and its clock.
+/// A worker thread: its calls, their sockets, the mixes of its meetings, and its clock.
 struct Worker {
     index: usize,
     /// Every worker's command channel (this one's included), to hand sessions over.
-    peers: Vec<mpsc::WeakUnboundedSender<Command>>,
+    peers: Vec<channel::Sender<Command>>,
     /// Sessions whose home this is but that live on another worker now (in a meeting
     /// there): their commands are passed on, in order.
     forward: HashMap<SessionId, usize>,
@@ -1265,8 +1282,6 @@ struct Worker {
     sessions: HashMap<SessionId, Session>,
     /// The sessions of each time slot (each session is in its `Session::slot`'s list).
     slots: Vec<Vec<SessionId>>,
-    /// Opened sessions whose socket tokio does not know to be writable yet.
-    fresh: Vec<SessionId>,
     clock: SlotClock,
     rtp_timeout: Duration,
     /// Sockets are IPv6 (dual-stack): IPv4 destinations are sent to as IPv4-mapped.
@@ -1280,41 +1295,34 @@ struct Worker {
 
 struct Session {
     media: CallMedia,
-    socket: UdpSocket,
+    /// Non-blocking.
+    socket: StdUdpSocket,
     port: u16,
     meeting: Option<MixId>,
     /// The time slot it is served in, for life (see the module docs).
     slot: usize,
-    /// False until tokio knows the new socket is writable: until its driver has turned once
-    /// since the socket was registered, `try_send_to` fails without trying. Checked at each
-    /// wake-up (`Worker::arm`), so a call's first packet (the one with the marker, the first
-    /// of its greeting) goes out at its first frame rather than being thrown away.
-    writable: bool,
 }
 
 impl Worker {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    fn run(mut self, commands: channel::Receiver<Command>) {
         self.clock = SlotClock::new(self.clock.epoch, now());
         loop {
-            let deadline = tokio::time::Instant::from_std(self.clock.next_deadline());
             // No sessions, no wake-ups: a stale deadline afterwards serves each slot once.
-            let busy = !self.sessions.is_empty();
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(command) => self.apply(now(), command),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline), if busy => {
-                    std::future::poll_fn(|cx| {
-                        self.arm(cx);
-                        std::task::Poll::Ready(())
-                    })
-                    .await;
-                    let now = now();
-                    for (deadline, slot) in self.clock.due(now) {
-                        self.tick(now, deadline, slot);
-                    }
-                }
+            let received = if self.sessions.is_empty() {
+                commands.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                let deadline = self.clock.next_deadline();
+                commands.recv_timeout(deadline.saturating_duration_since(now()))
+            };
+            match received {
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(command) => self.apply(now(), command),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            // After a command too: a steady stream of them must not hold the slots up.
+            let now = now();
+            for (deadline, slot) in self.clock.due(now) {
+                self.tick(now, deadline, slot);
             }
         }
         let mut pool = lock(&self.pool);
@@ -1353,13 +1361,11 @@ impl Worker {
                     port,
                     meeting: None,
                     slot,
-                    writable: false,
                 };
                 if let Some(old) = self.insert_session(id, session) {
                     // The engine refuses duplicate ids; keep the pool honest regardless.
                     lock(&self.pool).release(old.port);
                 }
-                self.fresh.push(id);
             }
             Command::Configure { id, params } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -1430,12 +1436,8 @@ impl Worker {
                 }
             }
             Command::Adopt { id, session } => {
-                let writable = session.writable;
                 if let Some(old) = self.insert_session(id, *session) {
                     lock(&self.pool).release(old.port);
-                }
-                if !writable {
-                    self.fresh.push(id);
                 }
             }
             Command::Tone {
@@ -1447,24 +1449,8 @@ impl Worker {
                     mixer.play_tone(clip, except.0);
                 }
             }
-        }
-    }
-
-    /// Marks the new sessions whose sockets tokio now knows to be writable (registering the
-    /// worker's interest in the others, so the driver's next turn tells it).
-    fn arm(&mut self, cx: &mut std::task::Context<'_>) {
-        let mut i = 0;
-        while i < self.fresh.len() {
-            let Some(session) = self.sessions.get_mut(&self.fresh[i]) else {
-                self.fresh.swap_remove(i);
-                continue;
-            };
-            if session.socket.poll_send_ready(cx).is_ready() {
-                session.writable = true;
-                self.fresh.swap_remove(i);
-            } else {
-                i += 1;
-            }
+            // Handled by `run`.
+            Command::Stop => {}
         }
     }
 
@@ -1508,11 +1494,7 @@ impl Worker {
     /// Sends `command` to worker `to`. If that worker has stopped, a session in the command
     /// is dropped with its socket, and its port goes back to the pool.
     fn pass_on(&self, to: usize, command: Command) {
-        let sent = match self.peers[to].upgrade() {
-            Some(peer) => peer.send(command),
-            None => Err(mpsc::error::SendError(command)),
-        };
-        let Err(mpsc::error::SendError(command)) = sent else {
+        let Err(channel::SendError(command)) = self.peers[to].send(command) else {
             return;
         };
         if let Command::Adopt { session, .. } = command {
@@ -1529,7 +1511,7 @@ impl Worker {
                 continue;
             };
             for _ in 0..MAX_DATAGRAMS_PER_TICK {
-                match session.socket.try_recv_from(&mut self.recv_buf[..]) {
+                match session.socket.recv_from(&mut self.recv_buf[..]) {
                     Ok((len, source)) => {
                         let inbound =
                             session
@@ -1549,15 +1531,11 @@ impl Worker {
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            if !session.writable {
-                // Frames due now go out, a few at once, on a later tick.
-                continue;
-            }
             while let Some(transmit) = session.media.poll_transmit(now, &mut self.send_buf) {
                 let destination = for_socket(transmit.destination, self.ipv6_sockets);
                 match session
                     .socket
-                    .try_send_to(&self.send_buf[..transmit.len], destination)
+                    .send_to(&self.send_buf[..transmit.len], destination)
                 {
                     Ok(_) => {
                         tally.sent += 1;
@@ -1629,9 +1607,9 @@ fn remove_id(ids: &mut Vec<SessionId>, id: SessionId) {
     }
 }
 
-/// The instant the sans-IO cores see; tokio's clock, so `tokio::time::pause` applies.
+/// The instant the sans-IO cores see.
 fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
+    Instant::now()
 }
 
 fn for_socket(destination: SocketAddr, ipv6_socket: bool) -> SocketAddr {
@@ -2488,6 +2466,7 @@ mod tests {
         //! The engine over real sockets on 127.0.0.1. Each test owns a slice of 41000–41999
         //! and every wait is bounded.
 
+        use tokio::net::UdpSocket;
         use tokio::sync::mpsc::UnboundedReceiver;
         use tokio::time::{sleep, timeout};
 
@@ -2679,9 +2658,10 @@ mod tests {
                     clip: "greeting".into()
                 })
             );
-            let stats = engine.stats();
+            // The worker adds a tick's counts once the tick is over, which may be after the
+            // peer has its packets and signalling its event.
+            let stats = until(&engine, |s| s.packets_sent >= 50).await;
             assert_eq!((stats.sessions_open, stats.ports_in_use), (1, 1));
-            assert!(stats.packets_sent >= 50);
             engine.close(id);
         }
 
@@ -2813,7 +2793,7 @@ mod tests {
         }
 
         #[test]
-        fn start_needs_a_runtime_and_a_worker_and_ports() {
+        fn start_needs_a_worker_and_ports_but_no_runtime() {
             let (tx, _rx) = mpsc::unbounded_channel();
             let cfg = EngineConfig {
                 bind_ip: LOCALHOST,
@@ -2821,15 +2801,19 @@ mod tests {
                 rtp_timeout: Duration::from_secs(30),
                 workers: 1,
             };
-            assert!(matches!(
-                Engine::start(cfg.clone(), tx.clone()),
-                Err(MediaError::NoRuntime)
-            ));
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let _inside = runtime.enter();
+            // Workers are threads of their own: no tokio runtime needed.
+            let engine = Engine::start(cfg.clone(), tx.clone()).unwrap();
+            let port = engine.open(SessionId(1)).unwrap();
+            // Dropping the last handle stops the worker, which closes the session's socket.
+            drop(engine);
+            let freed = (0..200).any(|_| {
+                std::thread::sleep(10 * MS);
+                std::net::UdpSocket::bind((LOCALHOST, port)).is_ok()
+            });
+            assert!(
+                freed,
+                "port {port} still bound after the engine was dropped"
+            );
             let none = EngineConfig {
                 workers: 0,
                 ..cfg.clone()

@@ -24,6 +24,7 @@ use crate::media::dtmf::stream::{DigitStream, DtmfMode};
 use crate::media::engine::{Engine, MediaEvent, MediaParams, MixId, SessionId};
 use crate::media::player::PlayMode;
 use crate::pin::{Pepper, Pin};
+use crate::pin_checks::PinChecks;
 use crate::sip::endpoint::{Endpoint, Event, LegId};
 use crate::store::{ConferenceId, FailureOutcome, PinCheck, Store};
 
@@ -71,6 +72,8 @@ pub struct Calls {
     assets: Arc<Assets>,
     store: Arc<Store>,
     pepper: Arc<Pepper>,
+    /// Where argon2 runs (see `pin_checks` for why not on tokio's blocking pool).
+    pin_checks: PinChecks,
     dtmf_mode: DtmfMode,
     ivr: IvrConfig,
     bridge: Bridge,
@@ -87,6 +90,7 @@ impl Calls {
         assets: Arc<Assets>,
         store: Arc<Store>,
         pepper: Arc<Pepper>,
+        pin_checks: PinChecks,
         dtmf_mode: DtmfMode,
         ivr: IvrConfig,
         bridge: bridge::BridgeConfig,
@@ -97,6 +101,7 @@ impl Calls {
             assets,
             store,
             pepper,
+            pin_checks,
             dtmf_mode,
             ivr,
             bridge: Bridge::new(bridge),
@@ -490,7 +495,7 @@ impl Calls {
         let source = call.signalling_ip;
         let (store, pepper, jobs) = (self.store.clone(), self.pepper.clone(), self.jobs.clone());
         // argon2 takes tens of milliseconds: never on the signalling task.
-        tokio::task::spawn_blocking(move || {
+        self.pin_checks.submit(move || {
             let check =
                 store.check_organizer_pin(&conference, &pin, &pepper, source, SystemTime::now());
             let result = match check {

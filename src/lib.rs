@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod media;
 pub mod notify;
 pub mod pin;
+pub mod pin_checks;
 pub mod server;
 pub mod sip;
 pub mod store;

@@ -9,17 +9,18 @@
 //! Hashing and verifying cost about 21 ms of one core and 19 MiB each (release build, the
 //! 2-core AMD EPYC development machine, 20.3–22.0 ms over three runs of
 //! `cargo test --release --lib pin::tests::verify_time -- --ignored --nocapture`): callers run
-//! them on a blocking pool (`tokio::task::spawn_blocking`), never on the signalling or media
-//! path. That is also roughly 47 verifications per second per core, which bounds how fast
+//! them off the signalling and media paths — calls on the low-priority
+//! [`crate::pin_checks`] threads, the admin API on tokio's blocking pool. That is also roughly 47 verifications per second per core, which bounds how fast
 //! PIN floods can burn CPU before issue 7's per-source limits step in.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
 use rand::RngExt;
 
 use crate::store::ConferenceId;
@@ -205,11 +206,10 @@ pub fn hash(pin: &Pin, pepper: &Pepper) -> Result<String, PinError> {
 /// Whether `pin` is the PIN hashed into `phc` under `pepper`. Any malformed or non-argon2id
 /// hash is simply "no".
 ///
-/// The comparison is constant-time: argon2 0.6's `verify_password` recomputes the hash with
-/// the stored salt and parameters and compares `phc::Output` values with `==`
-/// (password-hash 0.6.1 `src/lib.rs` lines 213–215), and `Output`'s `PartialEq` is
-/// `ctutils::CtEq::ct_eq` (phc 0.6.1 `src/output.rs` lines 42–46 and 239–243). The time
-/// taken is dominated by argon2 itself, which does not depend on the PIN.
+/// The hash is recomputed with the stored salt and parameters (what argon2's
+/// `verify_password` does, but into this thread's reused working memory) and compared in
+/// constant time ([`secrets_equal`]). The time taken is dominated by argon2 itself, which
+/// does not depend on the PIN.
 pub fn verify(pin: &Pin, phc: &str, pepper: &Pepper) -> bool {
     verify_bytes(pin.expose().as_bytes(), phc, pepper)
 }
@@ -240,11 +240,53 @@ fn verify_bytes(secret: &[u8], phc: &str, pepper: &Pepper) -> bool {
     if parsed.algorithm.as_str() != "argon2id" {
         return false;
     }
-    let Ok(argon2) = argon2(pepper) else {
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
         return false;
     };
     // The stored hash's own m/t/p are used, so PINs hashed under older parameters verify.
-    argon2.verify_password(secret, &parsed).is_ok()
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::V0x13,
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    let blocks = params.block_count();
+    let Ok(argon2) = Argon2::new_with_secret(&pepper.0, Algorithm::Argon2id, version, params)
+    else {
+        return false;
+    };
+    let mut computed = [0u8; 64];
+    let Some(computed) = computed.get_mut(..expected.len()) else {
+        return false;
+    };
+    let hashed = with_working_memory(blocks, |memory| {
+        argon2.hash_password_into_with_memory(secret, salt, computed, memory)
+    });
+    hashed.is_ok() && secrets_equal(computed, expected.as_bytes())
+}
+
+thread_local! {
+    /// argon2's working memory (19 MiB at our parameters), kept for the thread's life and
+    /// reused by every verification on it. Allocating it per check cost thousands of page
+    /// faults each time, and glibc kept the freed 19 MiB in the thread's malloc arena anyway
+    /// (its mmap threshold rises to the size of the first freed block), one per thread that
+    /// ever checked a PIN. Verifications run on the few [`crate::pin_checks`] threads, so
+    /// this is a fixed cost.
+    static WORKING_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's argon2 working memory, sized to `blocks` (reallocated only
+/// when a hash with other parameters comes along).
+fn with_working_memory<R>(blocks: usize, f: impl FnOnce(&mut [Block]) -> R) -> R {
+    WORKING_MEMORY.with_borrow_mut(|memory| {
+        if memory.len() != blocks {
+            *memory = Vec::new();
+            *memory = vec![Block::new(); blocks];
+        }
+        f(memory)
+    })
 }
 
 /// The server pepper: the argon2 secret every PIN hash is keyed with. It lives outside the

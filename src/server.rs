@@ -21,6 +21,7 @@ use crate::calls::Calls;
 use crate::config::Config;
 use crate::media::engine::{Engine, EngineConfig};
 use crate::pin::Pepper;
+use crate::pin_checks::PinChecks;
 use crate::sip::endpoint::{Endpoint, EndpointConfig, LegId};
 use crate::sip::transport::{
     Listeners, Peer, TcpConnections, TcpInbound, Transport, spawn_tcp_acceptor,
@@ -74,6 +75,8 @@ pub enum ServerError {
     },
     #[error("starting media: {0}")]
     Media(String),
+    #[error("starting the PIN check threads: {0}")]
+    PinChecks(#[source] std::io::Error),
     #[error("setting up email: {0}")]
     Mail(#[from] crate::notify::NotifyError),
     #[error("SIP socket: {0}")]
@@ -173,6 +176,7 @@ pub async fn run(
         assets,
         services.store,
         services.pepper,
+        PinChecks::start(PinChecks::default_threads()).map_err(ServerError::PinChecks)?,
         cfg.dtmf_mode,
         cfg.ivr.clone(),
         cfg.bridge,

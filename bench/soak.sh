@@ -107,7 +107,7 @@ wave() {
     printf 'wave %d: %s calls, %s failed, pass %s; server holds %s (calls,legs,sessions,ports)\n' \
         "$n" "$(jq -r '.calls.attempted // "?"' "$OUT/report-$n.json" 2>/dev/null)" \
         "$(jq -r '.calls.failed // "?"' "$OUT/report-$n.json" 2>/dev/null)" \
-        "$(jq -r '.quality.pass // "?"' "$OUT/report-$n.json" 2>/dev/null)" \
+        "$(jq -r '.quality.pass | tostring' "$OUT/report-$n.json" 2>/dev/null || echo '?')" \
         "$(wait_idle)" >&2
 }
 

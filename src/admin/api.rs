@@ -203,6 +203,9 @@ impl From<AdminError> for Problem {
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            AdminError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage")
+            }
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "admin operation failed");

@@ -56,3 +56,38 @@ pub fn wait_idle(server: &Server, timeout: Duration) -> (Value, bool) {
     });
     (last, idle)
 }
+
+/// One admin API request with a JSON body (bounded by timeouts): the status and the body
+/// parsed as JSON (`Null` when empty or not JSON).
+pub fn admin_request(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut stream = TcpStream::connect(server.http_addr()).expect("connecting to the admin API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set_read_timeout");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.http_addr(),
+        server.admin_token(),
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .expect("sending the request");
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .expect("reading the response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}

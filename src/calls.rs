@@ -7,18 +7,26 @@
 //! which lobby or meeting, the store owns PINs and lockouts. Everything here runs on the one
 //! signalling task; store work (sled, argon2) goes to `spawn_blocking` and comes back as a
 //! [`Job`] through a channel, so signalling never waits on storage.
+//!
+//! Faults: every entry point handles one call at a time, and a panic while handling it is
+//! caught ([`Calls::contained`]) and costs that call only: it is logged with the call's id,
+//! its state here is dropped, its media session (and port), meeting or lobby place and SIP
+//! leg are released (a BYE, or a final error response before the answer), and the server
+//! carries on with the others (issue 7; `tests/faults.rs`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
-use tracing::{Span, debug, info, info_span, warn};
+use tracing::{Span, debug, error, info, info_span, warn};
 
 use crate::audio::{Assets, Sound};
 use crate::bridge::{self, Admission, Bridge, Caller, Rules};
+use crate::fault::{self, SignallingFault};
 use crate::ivr::{self, CallFacts, ConferenceFacts, Flow, IvrConfig, PinResult};
 use crate::media::dtmf::stream::{DigitStream, DtmfMode};
 use crate::media::engine::{Engine, MediaEvent, MediaParams, MixId, SessionId};
@@ -64,6 +72,8 @@ struct Call {
     rules: Option<Rules>,
     /// What the call is hearing, to match the engine's "playback finished" to a `Sound`.
     playing: Option<Sound>,
+    /// Test builds only (`fault-injection`): the call asked to panic once confirmed.
+    panic_on_ack: bool,
 }
 
 /// The per-process application state.
@@ -81,6 +91,8 @@ pub struct Calls {
     /// IVR wake-ups; stale entries are harmless (a flow ignores an early `handle_timeout`).
     timers: BinaryHeap<Reverse<(Instant, LegId)>>,
     jobs: mpsc::UnboundedSender<Job>,
+    /// Panics contained to one call, here or in its media session.
+    faults: u64,
 }
 
 impl Calls {
@@ -108,6 +120,7 @@ impl Calls {
             calls: HashMap::new(),
             timers: BinaryHeap::new(),
             jobs,
+            faults: 0,
         }
     }
 
@@ -130,9 +143,14 @@ impl Calls {
                 break;
             }
             self.timers.pop();
-            if self.in_flow(leg, |flow| flow.handle_timeout(now)).is_some() {
-                self.run_flow(now, leg, endpoint);
-            }
+            self.contained(now, leg, endpoint, |calls, endpoint| {
+                if calls
+                    .in_flow(leg, |flow| flow.handle_timeout(now))
+                    .is_some()
+                {
+                    calls.run_flow(now, leg, endpoint);
+                }
+            });
         }
         if self.bridge.poll_timeout().is_some_and(|at| at <= now) {
             self.bridge.handle_timeout(now);
@@ -142,6 +160,19 @@ impl Calls {
 
     /// A call event from the endpoint.
     pub fn call_event(&mut self, now: Instant, ev: Event, endpoint: &mut Endpoint) {
+        let leg = match &ev {
+            Event::Incoming { leg, .. }
+            | Event::Media { leg, .. }
+            | Event::Confirmed { leg }
+            | Event::InfoDigit { leg, .. }
+            | Event::Ended { leg, .. } => *leg,
+        };
+        self.contained(now, leg, endpoint, |calls, endpoint| {
+            calls.handle_call_event(now, ev, endpoint)
+        });
+    }
+
+    fn handle_call_event(&mut self, now: Instant, ev: Event, endpoint: &mut Endpoint) {
         match ev {
             Event::Incoming { leg, call } => {
                 let from_user = call.from.uri.user.clone().unwrap_or_default();
@@ -149,6 +180,13 @@ impl Calls {
                 span.in_scope(|| {
                     info!(to = %call.request_uri, source = %call.source.addr, anonymous = call.anonymous, "incoming call")
                 });
+                let dialed_user = call.request_uri.user_unescaped();
+                let dialed_user = dialed_user.as_deref();
+                if fault::signalling_wanted(dialed_user, SignallingFault::OnInvite) {
+                    // Before the engine has a session: the leg alone must be released.
+                    panic!("fault injection: signalling panic on INVITE");
+                }
+                let panic_on_ack = fault::signalling_wanted(dialed_user, SignallingFault::OnAck);
                 let port = match self.engine.open(SessionId(leg.0)) {
                     Ok(port) => port,
                     Err(e) => {
@@ -172,6 +210,7 @@ impl Calls {
                         flow: None,
                         rules: None,
                         playing: None,
+                        panic_on_ack,
                     },
                 );
                 endpoint.accept(now, leg, port);
@@ -201,6 +240,10 @@ impl Calls {
                     return;
                 };
                 call.span.in_scope(|| info!("call up"));
+                if call.panic_on_ack {
+                    // With a media session, a port and a confirmed dialog to release.
+                    panic!("fault injection: signalling panic on ACK");
+                }
                 let facts = CallFacts {
                     dialed: call.dialed.clone(),
                     anonymous: call.anonymous,
@@ -233,7 +276,30 @@ impl Calls {
 
     /// An event from the media engine.
     pub fn media_event(&mut self, now: Instant, ev: MediaEvent, endpoint: &mut Endpoint) {
+        let session = match &ev {
+            MediaEvent::RtpTimeout(session)
+            | MediaEvent::Failed(session)
+            | MediaEvent::Digit { session, .. }
+            | MediaEvent::PlaybackFinished { session, .. } => *session,
+        };
+        self.contained(now, LegId(session.0), endpoint, |calls, endpoint| {
+            calls.handle_media_event(now, ev, endpoint)
+        });
+    }
+
+    fn handle_media_event(&mut self, now: Instant, ev: MediaEvent, endpoint: &mut Endpoint) {
         match ev {
+            MediaEvent::Failed(SessionId(id)) => {
+                // The engine has dropped the session already; the call cannot go on without
+                // media, so it ends as if its handling here had failed.
+                let leg = LegId(id);
+                self.faults += 1;
+                if let Some(call) = self.calls.get(&leg) {
+                    call.span
+                        .in_scope(|| error!("media session failed; hanging up"));
+                }
+                self.release(now, leg, endpoint);
+            }
             MediaEvent::RtpTimeout(SessionId(id)) => {
                 let leg = LegId(id);
                 if let Some(call) = self.calls.get(&leg) {
@@ -275,6 +341,15 @@ impl Calls {
 
     /// Store work finished on the blocking pool.
     pub fn job_done(&mut self, now: Instant, job: Job, endpoint: &mut Endpoint) {
+        let leg = match &job {
+            Job::Lookup { leg, .. } | Job::Pin { leg, .. } => *leg,
+        };
+        self.contained(now, leg, endpoint, |calls, endpoint| {
+            calls.handle_job(now, job, endpoint)
+        });
+    }
+
+    fn handle_job(&mut self, now: Instant, job: Job, endpoint: &mut Endpoint) {
         match job {
             Job::Lookup {
                 leg,
@@ -331,6 +406,78 @@ impl Calls {
 
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
+    }
+
+    /// Panics contained to one call (its signalling or its media session) so far.
+    pub fn faults(&self) -> u64 {
+        self.faults
+    }
+
+    /// Runs `f`, the handling of one input for call `leg`, and contains a panic in it to
+    /// that call: logged with the call's id, then the call is released ([`Calls::release`])
+    /// and the server goes on. Returns whether `f` completed.
+    ///
+    /// `AssertUnwindSafe` is sound here because of what a panic can leave half-done, and what
+    /// happens to it next:
+    /// - the call's own state (`Call`, its IVR `Flow`, its `DigitStream`) is thrown away;
+    /// - the `HashMap`s and the timer heap are only changed by whole std operations, which
+    ///   do not leave them broken when a caller panics; a stale timer for a gone call is
+    ///   ignored, as for any call that ended;
+    /// - the engine keeps its maps consistent under panic (see `media::engine::lock`), and
+    ///   `Engine::close` of a session is idempotent;
+    /// - the bridge is only ever called with whole operations (`admit`, `start`, `leave`),
+    ///   each of which completes before its actions are drained; releasing the call takes it
+    ///   out with `Bridge::leave`, which tolerates a call it does not know;
+    /// - the endpoint's `hangup` tolerates a leg in any state, or one already gone.
+    ///
+    /// Only a panic in this call's handling is caught; one in the bridge's own timers or the
+    /// endpoint is a bug in shared state, and still stops the server.
+    fn contained(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        endpoint: &mut Endpoint,
+        f: impl FnOnce(&mut Calls, &mut Endpoint),
+    ) -> bool {
+        let outcome = catch_unwind(AssertUnwindSafe(|| f(self, endpoint)));
+        let Err(payload) = outcome else {
+            return true;
+        };
+        let what = panic_message(payload.as_ref());
+        self.faults += 1;
+        match self.calls.get(&leg) {
+            Some(call) => call.span.in_scope(
+                || error!(panic = %what, "handling the call panicked; hanging it up and carrying on"),
+            ),
+            // Before the call had its own state (its INVITE): name it by its SIP leg.
+            None => {
+                let call_id = endpoint.call_id(leg).unwrap_or("-");
+                error!(leg = leg.0, call_id, panic = %what, "handling the call panicked; hanging it up and carrying on")
+            }
+        }
+        self.release(now, leg, endpoint);
+        false
+    }
+
+    /// Lets go of everything call `leg` holds: its state here, its media session and port, its
+    /// place in a lobby or meeting (the others hear the leave tone; a meeting left empty
+    /// ends) and its SIP leg (BYE once answered, a final error response before). The
+    /// endpoint's `Ended` event follows and finds nothing left to do.
+    fn release(&mut self, now: Instant, leg: LegId, endpoint: &mut Endpoint) {
+        self.calls.remove(&leg);
+        self.engine.close(SessionId(leg.0));
+        // Contained once more, without recursion: a bridge that panics while letting the call
+        // go must still not stop the hang-up, nor the server.
+        let left = catch_unwind(AssertUnwindSafe(|| {
+            if self.bridge.leave(now, leg) {
+                self.run_bridge(now, endpoint);
+            }
+        }));
+        if let Err(payload) = left {
+            let what = panic_message(payload.as_ref());
+            error!(leg = leg.0, panic = %what, "releasing a failed call from the bridge panicked");
+        }
+        endpoint.hangup(now, leg);
     }
 
     fn flow(&mut self, leg: LegId) -> Option<&mut Flow> {
@@ -580,6 +727,15 @@ impl Calls {
     fn run_flow_later(&mut self, leg: LegId, now: Instant) {
         self.timers.push(Reverse((now, leg)));
     }
+}
+
+/// The message a panic was raised with (`panic!` with a literal or a formatted string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// Reads what the IVR and the bridge need to know about a conference (blocking: sled).

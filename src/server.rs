@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::admin::Service;
-use crate::admin::api::{self, AdminToken, ApiState};
+use crate::admin::api::{self, AdminToken, ApiState, Live};
 use crate::audio::Assets;
 use crate::calls::Calls;
 use crate::config::Config;
@@ -112,6 +112,8 @@ pub async fn run(
         media_tx,
     )
     .map_err(|e| ServerError::Media(e.to_string()))?;
+    let live = Arc::new(Live::default());
+    let _ = live.engine.set(engine.clone());
     let mut endpoint = Endpoint::new(EndpointConfig {
         sip_addr: SocketAddr::new(cfg.advertise_ip, local.port()),
         media_ip: cfg.advertise_ip,
@@ -144,6 +146,7 @@ pub async fn run(
                 services.mail_wake.clone(),
             ),
             token: services.admin_token.clone(),
+            live: live.clone(),
         },
         crate::admin::web::routes(crate::admin::web::Web::new(public_url)),
     );
@@ -236,6 +239,7 @@ pub async fn run(
             }
         }
         io.drain(&mut endpoint, &mut calls).await;
+        live.publish(&calls, &endpoint);
         if stopping.is_some() && endpoint.leg_count() == 0 {
             info!("all calls ended; bye");
             break;

@@ -447,6 +447,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/api/settings"),
     ("get", "/api/audit"),
     ("get", "/api/emails"),
+    ("get", "/api/stats"),
 ];
 
 #[test]

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use axum::body::Bytes;
@@ -43,6 +44,63 @@ use crate::pin::Pin;
 pub struct ApiState {
     pub service: Service,
     pub token: Arc<AdminToken>,
+    /// What the server is doing right now, for `GET /api/stats`.
+    pub live: Arc<Live>,
+}
+
+/// Gauges of the running server for `GET /api/stats` (issue 7: so a soak or an operator can
+/// see that calls, media sessions and RTP ports return to zero). The signalling task stores
+/// its counts after every turn of its loop (relaxed atomics: a reading may be one turn old);
+/// media figures are read from the engine when asked.
+#[derive(Default)]
+pub struct Live {
+    /// Calls the application side holds (IVR, lobby or meeting).
+    pub calls: AtomicUsize,
+    /// SIP legs the endpoint holds, including ones being torn down (a BYE awaiting its answer).
+    pub sip_legs: AtomicUsize,
+    /// SIP transactions still open (a finished call's linger for retransmissions, Timer J/K).
+    pub sip_transactions: AtomicUsize,
+    /// Panics contained to one call or one media session since the start.
+    pub faults_contained: AtomicU64,
+    /// Set once the media engine runs.
+    pub engine: std::sync::OnceLock<crate::media::engine::Engine>,
+}
+
+impl Live {
+    /// Called by the signalling task after each turn of its loop.
+    pub fn publish(&self, calls: &crate::calls::Calls, endpoint: &crate::sip::endpoint::Endpoint) {
+        self.calls.store(calls.len(), Ordering::Relaxed);
+        self.sip_legs.store(endpoint.leg_count(), Ordering::Relaxed);
+        self.sip_transactions
+            .store(endpoint.transaction_count(), Ordering::Relaxed);
+        self.faults_contained
+            .store(calls.faults(), Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("calls", &self.calls)
+            .field("sip_legs", &self.sip_legs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The body of `GET /api/stats`.
+#[derive(Debug, Serialize)]
+struct StatsView {
+    calls: usize,
+    sip_legs: usize,
+    sip_transactions: usize,
+    media_sessions: usize,
+    rtp_ports_in_use: usize,
+    meetings: usize,
+    rtp_packets_sent: u64,
+    rtp_packets_received: u64,
+    rtp_packets_dropped_foreign: u64,
+    rtp_packets_malformed: u64,
+    faults_contained: u64,
 }
 
 impl FromRef<ApiState> for Service {
@@ -145,6 +203,9 @@ impl From<AdminError> for Problem {
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            AdminError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage")
+            }
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "admin operation failed");
@@ -202,6 +263,7 @@ pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
         .route("/api/settings", get(get_settings).patch(update_settings))
         .route("/api/audit", get(get_audit))
         .route("/api/emails", get(list_emails))
+        .route("/api/stats", get(get_stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/openapi.json", get(openapi_json))
@@ -457,6 +519,25 @@ async fn list_emails(State(s): State<Service>) -> ApiResult<Response> {
     Ok(Json(emails).into_response())
 }
 
+async fn get_stats(State(state): State<ApiState>) -> Json<StatsView> {
+    let live = &state.live;
+    let media = live.engine.get().map(|e| (e.stats(), e.meetings()));
+    let (media, meetings) = media.unwrap_or_default();
+    Json(StatsView {
+        calls: live.calls.load(Ordering::Relaxed),
+        sip_legs: live.sip_legs.load(Ordering::Relaxed),
+        sip_transactions: live.sip_transactions.load(Ordering::Relaxed),
+        media_sessions: media.sessions_open,
+        rtp_ports_in_use: media.ports_in_use,
+        meetings,
+        rtp_packets_sent: media.packets_sent,
+        rtp_packets_received: media.packets_received,
+        rtp_packets_dropped_foreign: media.packets_dropped_foreign,
+        rtp_packets_malformed: media.packets_malformed,
+        faults_contained: live.faults_contained.load(Ordering::Relaxed),
+    })
+}
+
 async fn openapi_json() -> Json<Value> {
     Json(openapi())
 }
@@ -545,6 +626,10 @@ pub fn openapi() -> Value {
             "/api/emails": {
                 "get": {"operationId": "listEmails", "summary": "Queued and delivered emails (metadata only)",
                     "responses": {"200": ok("emails", array("Email")), "401": problem("no or wrong token")}}
+            },
+            "/api/stats": {
+                "get": {"operationId": "getStats", "summary": "What the server holds right now (calls, SIP legs and transactions, media sessions, RTP ports, meetings) and RTP and fault counters since it started; read-only",
+                    "responses": {"200": ok("gauges and counters", schema("Stats")), "401": problem("no or wrong token")}}
             }
         },
         "components": {
@@ -588,6 +673,16 @@ pub fn openapi() -> Value {
                 "AuditEntry": {"type": "object", "required": ["at", "actor", "action", "target", "outcome"], "properties": {
                     "at": {"type": "string", "format": "date-time"}, "actor": {"type": "string"}, "action": {"type": "string"},
                     "target": {"type": "string"}, "outcome": {"type": "string"}, "source": {"type": "string", "nullable": true}}},
+                "Stats": {"type": "object", "required": ["calls", "sip_legs", "sip_transactions", "media_sessions", "rtp_ports_in_use", "meetings",
+                        "rtp_packets_sent", "rtp_packets_received", "rtp_packets_dropped_foreign", "rtp_packets_malformed", "faults_contained"], "properties": {
+                    "calls": {"type": "integer", "description": "calls up (IVR, lobby or meeting)"},
+                    "sip_legs": {"type": "integer", "description": "SIP legs, including ones being torn down"},
+                    "sip_transactions": {"type": "integer", "description": "open SIP transactions, including ones lingering for retransmissions"},
+                    "media_sessions": {"type": "integer"}, "rtp_ports_in_use": {"type": "integer"}, "meetings": {"type": "integer", "description": "meetings with a mix"},
+                    "rtp_packets_sent": {"type": "integer"}, "rtp_packets_received": {"type": "integer"},
+                    "rtp_packets_dropped_foreign": {"type": "integer", "description": "from a source the call does not accept"},
+                    "rtp_packets_malformed": {"type": "integer", "description": "from an accepted source but not usable RTP"},
+                    "faults_contained": {"type": "integer", "description": "panics contained to one call or media session"}}},
                 "Email": {"type": "object", "required": ["id", "to", "subject", "state", "attempts", "queued_at"], "properties": {
                     "id": {"type": "integer"}, "to": {"type": "string"}, "subject": {"type": "string"},
                     "state": {"type": "string", "enum": ["queued", "delivered"]}, "attempts": {"type": "integer"},
@@ -646,6 +741,6 @@ mod tests {
     fn the_openapi_document_is_openapi_3() {
         let doc: openapiv3::OpenAPI = serde_json::from_value(openapi()).unwrap();
         assert!(doc.openapi.starts_with("3."));
-        assert_eq!(doc.paths.paths.len(), 10);
+        assert_eq!(doc.paths.paths.len(), 11);
     }
 }

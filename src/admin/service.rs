@@ -86,6 +86,10 @@ pub enum AdminError {
     /// The store failed (I/O, corruption): 500. The message names the failure, never a PIN.
     #[error("{0}")]
     Internal(String),
+    /// The disk holding the store is full (or read-only): 507. Nothing was corrupted, but
+    /// the change may not have been saved.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl From<StoreError> for AdminError {
@@ -97,9 +101,25 @@ impl From<StoreError> for AdminError {
             | StoreError::InvalidDisplayName(_)
             | StoreError::InvalidEmail { .. }
             | StoreError::Settings(_) => AdminError::BadRequest(e.to_string()),
+            StoreError::Io(ref io) if is_out_of_space(io) => {
+                AdminError::InsufficientStorage(format!(
+                    "the disk holding the store has no space left ({e}): this change may not have been saved; free space, then restart pinbridge (sled stops writing after a failed write until it is reopened) and retry"
+                ))
+            }
             other => AdminError::Internal(other.to_string()),
         }
     }
+}
+
+/// A write the disk refused for lack of space (`ENOSPC`, or `EDQUOT` for a quota), or
+/// because the file system went read-only.
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
+            | std::io::ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 /// Where a PIN or conference-ID email goes. The default follows the tenant's `auto_email`.

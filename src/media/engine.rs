@@ -49,11 +49,18 @@
 //!
 //! Hot path (DESIGN.md): per packet no allocation, no lock shared across calls, no syscall
 //! beyond the socket read or write. Locks are taken only by `open`/`close`/control calls.
+//!
+//! Faults (issue 7): a worker handles each session's datagrams, frames and commands inside
+//! `catch_unwind`, and each meeting's mix likewise. A panic there drops that session (or
+//! that meeting's sessions) only — socket closed, port back in the pool, out of its mix — and
+//! reports [`MediaEvent::Failed`], so signalling hangs the call up; the worker's other calls
+//! never miss a frame.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::ops::RangeInclusive;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self as channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -61,7 +68,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{debug, info_span, warn};
+use tracing::{debug, error, info_span, warn};
 
 use super::dtmf::goertzel::{InbandDetector, InbandEvent, samples_to_duration};
 use super::dtmf::rfc4733::EventReceiver;
@@ -538,6 +545,7 @@ impl CallMedia {
     /// in-band (Goertzel) detector.
     /// HOOK(mixer): audio payloads become this participant's input frame here.
     fn on_rtp(&mut self, now: Instant, packet: &RtpPacket<'_>) {
+        crate::fault::check_media_payload(packet.payload);
         let Some(negotiated) = &self.negotiated else {
             return;
         };
@@ -725,6 +733,10 @@ pub enum MediaEvent {
     PlaybackFinished { session: SessionId, clip: String },
     /// A key press heard in the call's media.
     Digit { session: SessionId, digit: Digit },
+    /// Handling the session panicked: the worker has dropped it (socket closed, port back in
+    /// the pool, out of its mix) and carries on with its other sessions. Signalling should end
+    /// the call and `close` the session.
+    Failed(SessionId),
 }
 
 /// Engine-wide counters.
@@ -954,6 +966,7 @@ impl Engine {
                     events: events.clone(),
                     recv_buf: Box::new([0; RECV_BUF_LEN]),
                     send_buf: [0; MAX_PACKET_LEN],
+                    failed: Vec::new(),
                 };
                 let spawned = std::thread::Builder::new()
                     .name(format!("media-{index}"))
@@ -1291,6 +1304,9 @@ struct Worker {
     events: mpsc::UnboundedSender<MediaEvent>,
     recv_buf: Box<[u8; RECV_BUF_LEN]>,
     send_buf: [u8; MAX_PACKET_LEN],
+    /// Sessions whose handling panicked in this tick, dropped at its end (kept to reuse the
+    /// allocation: empty but for a panic).
+    failed: Vec<SessionId>,
 }
 
 struct Session {
@@ -1316,7 +1332,7 @@ impl Worker {
             };
             match received {
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(command) => self.apply(now(), command),
+                Ok(command) => self.apply_contained(now(), command),
                 Err(RecvTimeoutError::Timeout) => {}
             }
             // After a command too: a steady stream of them must not hold the slots up.
@@ -1329,6 +1345,25 @@ impl Worker {
         for (_, session) in self.sessions.drain() {
             drop(session.socket);
             pool.release(session.port);
+        }
+    }
+
+    /// [`Worker::apply`], with a panic contained to the command's session (see
+    /// [`Worker::tick`] for why unwinding here is sound). A panic between taking a session
+    /// out of the maps and putting it back (`Join`) drops it during the unwind: its socket
+    /// closes, and its port stays counted in use until the process ends.
+    fn apply_contained(&mut self, now: Instant, command: Command) {
+        let id = command.session();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.apply(now, command)));
+        if let Err(payload) = outcome {
+            let what = crate::calls::panic_message(payload.as_ref()).to_owned();
+            match id {
+                Some(id) => {
+                    self.failed.push(id);
+                    self.drop_failed(&what);
+                }
+                None => error!(panic = %what, "a media command panicked; ignored"),
+            }
         }
     }
 
@@ -1506,87 +1541,178 @@ impl Worker {
     /// arrived; mix the slot's meetings; then send what is due.
     fn tick(&mut self, now: Instant, deadline: Instant, slot: usize) {
         let mut tally = Tally::default();
+        let mut panicked: Option<String> = None;
+        // Each session's work runs inside `catch_unwind`. `AssertUnwindSafe` is sound because
+        // a session whose handling panicked is dropped whole at the end of the tick (nothing
+        // reads its half-updated `CallMedia` again), the worker's maps are changed only
+        // between sessions, and the shared scratch buffers and `tally` are plain data that any
+        // later write overwrites or that at worst miscounts one tick.
         for id in &self.slots[slot] {
             let Some(session) = self.sessions.get_mut(id) else {
                 continue;
             };
-            for _ in 0..MAX_DATAGRAMS_PER_TICK {
-                match session.socket.recv_from(&mut self.recv_buf[..]) {
-                    Ok((len, source)) => {
-                        let inbound =
-                            session
-                                .media
-                                .handle_datagram(now, source, &self.recv_buf[..len]);
-                        tally.count(inbound);
+            let recv_buf = &mut self.recv_buf;
+            let tally = &mut tally;
+            let received = catch_unwind(AssertUnwindSafe(|| {
+                for _ in 0..MAX_DATAGRAMS_PER_TICK {
+                    match session.socket.recv_from(&mut recv_buf[..]) {
+                        Ok((len, source)) => {
+                            let inbound =
+                                session.media.handle_datagram(now, source, &recv_buf[..len]);
+                            tally.count(inbound);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // An ICMP error reported on the socket (some platforms): read on.
+                        Err(_) => continue,
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // An ICMP error reported on the socket (some platforms): read on.
-                    Err(_) => continue,
                 }
+                session.media.handle_timeout(now);
+            }));
+            if let Err(payload) = received {
+                panicked.get_or_insert_with(|| {
+                    crate::calls::panic_message(payload.as_ref()).to_owned()
+                });
+                self.failed.push(*id);
             }
-            session.media.handle_timeout(now);
+        }
+        if !self.failed.is_empty() {
+            // Out of the maps before the mix, so no mix reads a broken session.
+            self.drop_failed(panicked.as_deref().unwrap_or("panic"));
         }
         self.mix(slot);
         for &id in &self.slots[slot] {
             let Some(session) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            while let Some(transmit) = session.media.poll_transmit(now, &mut self.send_buf) {
-                let destination = for_socket(transmit.destination, self.ipv6_sockets);
-                match session
-                    .socket
-                    .send_to(&self.send_buf[..transmit.len], destination)
-                {
-                    Ok(_) => {
-                        tally.sent += 1;
-                        // A vDSO clock read, no syscall: how late the packet left after the
-                        // later of its frame's due time and the tick that sends it.
-                        let late =
-                            self::now().saturating_duration_since(transmit.due.max(deadline));
-                        tally.send_lateness[lateness_bucket(late)] += 1;
-                    }
-                    Err(_) => {
-                        tally.send_failures += 1;
-                        session.media.transmit_failed();
-                    }
-                }
+            let send_buf = &mut self.send_buf;
+            let events = &self.events;
+            let tally = &mut tally;
+            let ipv6 = self.ipv6_sockets;
+            let sent = catch_unwind(AssertUnwindSafe(|| {
+                Self::send_due(session, id, now, deadline, ipv6, send_buf, events, tally)
+            }));
+            if let Err(payload) = sent {
+                panicked.get_or_insert_with(|| {
+                    crate::calls::panic_message(payload.as_ref()).to_owned()
+                });
+                self.failed.push(id);
             }
-            while let Some(event) = session.media.poll_event() {
-                let event = match event {
-                    CallEvent::RtpTimeout => MediaEvent::RtpTimeout(id),
-                    CallEvent::PlaybackFinished { clip } => {
-                        MediaEvent::PlaybackFinished { session: id, clip }
-                    }
-                    CallEvent::Digit(digit) => MediaEvent::Digit { session: id, digit },
-                };
-                // A dropped receiver means nobody is listening any more; nothing to do.
-                let _ = self.events.send(event);
-            }
+        }
+        if !self.failed.is_empty() {
+            self.drop_failed(panicked.as_deref().unwrap_or("panic"));
         }
         tally.add_to(&self.counters);
     }
 
+    /// Sends the session's frames that are due and passes its events on to signalling.
+    #[allow(clippy::too_many_arguments)]
+    fn send_due(
+        session: &mut Session,
+        id: SessionId,
+        now: Instant,
+        deadline: Instant,
+        ipv6_sockets: bool,
+        send_buf: &mut [u8; MAX_PACKET_LEN],
+        events: &mpsc::UnboundedSender<MediaEvent>,
+        tally: &mut Tally,
+    ) {
+        while let Some(transmit) = session.media.poll_transmit(now, send_buf) {
+            let destination = for_socket(transmit.destination, ipv6_sockets);
+            match session
+                .socket
+                .send_to(&send_buf[..transmit.len], destination)
+            {
+                Ok(_) => {
+                    tally.sent += 1;
+                    // A vDSO clock read, no syscall: how late the packet left after the
+                    // later of its frame's due time and the tick that sends it.
+                    let late = self::now().saturating_duration_since(transmit.due.max(deadline));
+                    tally.send_lateness[lateness_bucket(late)] += 1;
+                }
+                Err(_) => {
+                    tally.send_failures += 1;
+                    session.media.transmit_failed();
+                }
+            }
+        }
+        while let Some(event) = session.media.poll_event() {
+            let event = match event {
+                CallEvent::RtpTimeout => MediaEvent::RtpTimeout(id),
+                CallEvent::PlaybackFinished { clip } => {
+                    MediaEvent::PlaybackFinished { session: id, clip }
+                }
+                CallEvent::Digit(digit) => MediaEvent::Digit { session: id, digit },
+            };
+            // A dropped receiver means nobody is listening any more; nothing to do.
+            let _ = events.send(event);
+        }
+    }
+
+    /// Drops the sessions in `self.failed` (their handling panicked with `what`): out of
+    /// their mix, socket closed, port back in the pool; signalling hears
+    /// [`MediaEvent::Failed`] and ends the call. The engine's route stays until that
+    /// `close`, whose command then finds nothing here to do.
+    fn drop_failed(&mut self, what: &str) {
+        let failed = std::mem::take(&mut self.failed);
+        for &id in &failed {
+            error!(session = id.0, panic = %what, "media session panicked; dropping it");
+            if let Some(mut session) = self.remove_session(id) {
+                self.leave_mix(id, &mut session);
+                let port = session.port;
+                drop(session);
+                lock(&self.pool).release(port);
+            }
+            let _ = self.events.send(MediaEvent::Failed(id));
+        }
+        self.failed = failed;
+        self.failed.clear();
+    }
+
     /// One frame of every meeting whose mix runs in `slot`: each participant's audio in, each
     /// one's mix out, ready for its next packet (in this tick, or in its own slot's).
+    ///
+    /// A panic in one meeting's mix fails that meeting's sessions (a mixer is shared by all
+    /// of them, so none of them can be trusted to go on); other meetings mix on.
     fn mix(&mut self, slot: usize) {
+        let mut panicked = None;
+        let mut broken = Vec::new();
         for (meeting, mixer) in &mut self.meetings {
             if self.meeting_slots.get(meeting) != Some(&slot) {
                 continue;
             }
-            for i in 0..mixer.len() {
-                let id = SessionId(mixer.id_at(i));
-                if let Some(session) = self.sessions.get_mut(&id)
-                    && session.media.take_mix_input(&mut self.mix_in)
-                {
-                    mixer.input_at(i, &self.mix_in);
+            let (sessions, mix_in) = (&mut self.sessions, &mut self.mix_in);
+            let mixed = catch_unwind(AssertUnwindSafe(|| {
+                for i in 0..mixer.len() {
+                    let id = SessionId(mixer.id_at(i));
+                    if let Some(session) = sessions.get_mut(&id)
+                        && session.media.take_mix_input(mix_in)
+                    {
+                        mixer.input_at(i, mix_in);
+                    }
                 }
-            }
-            mixer.mix();
-            for (id, frame) in mixer.outputs() {
-                if let Some(session) = self.sessions.get_mut(&SessionId(id)) {
-                    session.media.set_mix_output(frame);
+                mixer.mix();
+                for (id, frame) in mixer.outputs() {
+                    if let Some(session) = sessions.get_mut(&SessionId(id)) {
+                        session.media.set_mix_output(frame);
+                    }
                 }
+            }));
+            if let Err(payload) = mixed {
+                panicked.get_or_insert_with(|| {
+                    crate::calls::panic_message(payload.as_ref()).to_owned()
+                });
+                self.failed
+                    .extend((0..mixer.len()).map(|i| SessionId(mixer.id_at(i))));
+                broken.push(*meeting);
             }
+        }
+        if let Some(what) = panicked {
+            // The broken mixers go first, so dropping their sessions does not touch them.
+            for meeting in broken {
+                self.meetings.remove(&meeting);
+                self.meeting_slots.remove(&meeting);
+            }
+            self.drop_failed(&what);
         }
     }
 }

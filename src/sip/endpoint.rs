@@ -223,6 +223,11 @@ impl Endpoint {
         self.legs.len()
     }
 
+    /// The Call-ID of a live leg, for logs about it.
+    pub fn call_id(&self, leg: LegId) -> Option<&str> {
+        self.legs.get(&leg).map(|l| l.invite.call_id.as_str())
+    }
+
     pub fn legs(&self) -> impl Iterator<Item = LegId> + '_ {
         self.legs.keys().copied()
     }

@@ -32,6 +32,7 @@ pub mod server;
 pub mod sip;
 pub mod sipp;
 pub mod smtp;
+pub mod stats;
 pub mod torture;
 
 use std::time::{Duration, Instant};

@@ -245,6 +245,12 @@ impl RtpReceiver {
         RtpSender::start(socket, dest, payload_type, signal, max_duration)
     }
 
+    /// Another handle on this socket, to send from it on another thread while this one
+    /// receives (the server sees one source).
+    pub fn clone_socket(&self) -> UdpSocket {
+        self.socket.try_clone().expect("cloning the RTP socket")
+    }
+
     /// Sends one datagram from this socket (symmetric RTP: the server latches onto it).
     pub fn send_to(&self, dest: SocketAddr, bytes: &[u8]) {
         self.socket

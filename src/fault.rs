@@ -1,0 +1,41 @@
+//! Test-only fault injection: ways for the integration tests to make the real binary panic in
+//! one call's signalling or in one media session, to prove that a panic is contained to that
+//! call (`tests/faults.rs`).
+//!
+//! Everything here is compiled in only with the `fault-injection` cargo feature, which is off
+//! by default and turned on for test builds alone (see `Cargo.toml`). Without it the checks
+//! are constant `false` and vanish, so a release build has no remotely triggerable panic.
+
+/// Where a signalling panic can be asked for, named in the Request-URI user part of the
+/// INVITE: `fault-panic-on-invite` panics while the call is being offered,
+/// `fault-panic-on-ack` once it is confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignallingFault {
+    OnInvite,
+    OnAck,
+}
+
+/// The Request-URI user that asks for `fault`.
+pub const fn signalling_user(fault: SignallingFault) -> &'static str {
+    match fault {
+        SignallingFault::OnInvite => "fault-panic-on-invite",
+        SignallingFault::OnAck => "fault-panic-on-ack",
+    }
+}
+
+/// An RTP payload starting with these octets, accepted by a call, makes its media session
+/// panic on the media worker.
+pub const MEDIA_PANIC_PAYLOAD: &[u8] = b"pinbridge-fault:panic";
+
+/// Whether the call dialled as `user` asked for `fault`; always false without the feature.
+pub fn signalling_wanted(user: Option<&str>, fault: SignallingFault) -> bool {
+    cfg!(feature = "fault-injection") && user == Some(signalling_user(fault))
+}
+
+/// Panics if `payload` asks for a media panic (feature `fault-injection` only).
+#[inline]
+pub fn check_media_payload(payload: &[u8]) {
+    if cfg!(feature = "fault-injection") && payload.starts_with(MEDIA_PANIC_PAYLOAD) {
+        panic!("fault injection: media panic requested by an RTP payload");
+    }
+}

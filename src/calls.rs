@@ -7,6 +7,12 @@
 //! which lobby or meeting, the store owns PINs and lockouts. Everything here runs on the one
 //! signalling task; store work (sled, argon2) goes to `spawn_blocking` and comes back as a
 //! [`Job`] through a channel, so signalling never waits on storage.
+//!
+//! Per-source limits (issue 7): each call's [`Source`] is decided once, at the INVITE
+//! ([`source::identify`]: the signalling IP, or the caller's number from a trusted trunk). A
+//! blocked source's INVITE is answered `403` before a media port is taken — the store
+//! answers that from memory ([`Store::refuse_call`]), and only the first refusal per window is
+//! audited, off this task.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -25,7 +31,8 @@ use crate::media::engine::{Engine, MediaEvent, MediaParams, MixId, SessionId};
 use crate::media::player::PlayMode;
 use crate::pin::{Pepper, Pin};
 use crate::sip::endpoint::{Endpoint, Event, LegId};
-use crate::store::{ConferenceId, FailureOutcome, PinCheck, Store};
+use crate::source::{self, Source};
+use crate::store::{ConferenceId, FailureOutcome, PinCheck, Store, format_utc};
 
 /// The result of store work done on the blocking pool, for the call that asked.
 #[derive(Debug)]
@@ -38,6 +45,11 @@ pub enum Job {
     Pin {
         leg: LegId,
         result: PinResult,
+    },
+    /// The call's source turned out to be blocked (a look-up found it so, or a failure just
+    /// recorded blocked it).
+    SourceBlocked {
+        leg: LegId,
     },
 }
 
@@ -53,6 +65,8 @@ pub struct Found {
 struct Call {
     span: Span,
     signalling_ip: IpAddr,
+    /// Who its failures count against.
+    source: Source,
     anonymous: bool,
     dialed: Option<ConferenceId>,
     /// The call's one stream of key presses, merged from RFC 4733, INFO and in-band.
@@ -78,6 +92,8 @@ pub struct Calls {
     /// IVR wake-ups; stale entries are harmless (a flow ignores an early `handle_timeout`).
     timers: BinaryHeap<Reverse<(Instant, LegId)>>,
     jobs: mpsc::UnboundedSender<Job>,
+    /// Signalling addresses whose calls are keyed by caller number (see [`crate::source`]).
+    trusted_trunks: Vec<IpAddr>,
 }
 
 impl Calls {
@@ -103,7 +119,14 @@ impl Calls {
             calls: HashMap::new(),
             timers: BinaryHeap::new(),
             jobs,
+            trusted_trunks: Vec::new(),
         }
+    }
+
+    /// Calls from these addresses are counted per caller number, not per address.
+    pub fn with_trusted_trunks(mut self, trunks: Vec<IpAddr>) -> Calls {
+        self.trusted_trunks = trunks;
+        self
     }
 
     /// The next time `handle_timeout` has work.
@@ -144,6 +167,32 @@ impl Calls {
                 span.in_scope(|| {
                     info!(to = %call.request_uri, source = %call.source.addr, anonymous = call.anonymous, "incoming call")
                 });
+                let source = source::identify(
+                    call.source.addr.ip(),
+                    call.asserted_user.as_deref(),
+                    call.from.uri.user_unescaped().as_deref(),
+                    &self.trusted_trunks,
+                );
+                if let Some(refusal) = self.store.refuse_call(&source, SystemTime::now()) {
+                    let until = format_utc(refusal.until);
+                    span.in_scope(|| info!(source = %source.key, %until, "call refused: source blocked for too many failed conference IDs or PINs"));
+                    endpoint.reject_with_warning(
+                        now,
+                        leg,
+                        403,
+                        "Forbidden - Too Many Failed Attempts",
+                        &format!("too many failed conference IDs or PINs from this source; blocked until {until}"),
+                    );
+                    if let Some(entry) = refusal.audit {
+                        let store = self.store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = store.append_audit(&entry) {
+                                warn!(error = %e, "could not audit a refused call");
+                            }
+                        });
+                    }
+                    return;
+                }
                 let port = match self.engine.open(SessionId(leg.0)) {
                     Ok(port) => port,
                     Err(e) => {
@@ -161,6 +210,7 @@ impl Calls {
                     Call {
                         span,
                         signalling_ip: call.source.addr.ip(),
+                        source,
                         anonymous: call.anonymous,
                         dialed,
                         digits: DigitStream::new(self.dtmf_mode, None),
@@ -316,6 +366,14 @@ impl Calls {
                     self.run_flow(now, leg, endpoint);
                 }
             }
+            Job::SourceBlocked { leg } => {
+                if self
+                    .in_flow(leg, |flow| flow.handle_source_blocked(now))
+                    .is_some()
+                {
+                    self.run_flow(now, leg, endpoint);
+                }
+            }
         }
     }
 
@@ -394,9 +452,16 @@ impl Calls {
                 let _ = self.engine.stop_playback(session);
             }
             ivr::Action::Lookup(conference) => {
+                let Some(source) = self.calls.get(&leg).map(|c| c.source.clone()) else {
+                    return;
+                };
                 let store = self.store.clone();
                 let jobs = self.jobs.clone();
                 tokio::task::spawn_blocking(move || {
+                    if refused_while_blocked(&store, &source, "conference ID") {
+                        let _ = jobs.send(Job::SourceBlocked { leg });
+                        return;
+                    }
                     let found = lookup(&store, &conference).map_err(|e| e.to_string());
                     let _ = jobs.send(Job::Lookup {
                         leg,
@@ -409,6 +474,21 @@ impl Calls {
             ivr::Action::Admit { conference, .. } => self.admit(now, leg, &conference, endpoint),
             ivr::Action::EnterLobby(conference) => self.admit(now, leg, &conference, endpoint),
             ivr::Action::VerifyPin { conference, pin } => self.verify_pin(leg, conference, pin),
+            ivr::Action::ConferenceIdFailed { digits } => {
+                let Some(source) = self.calls.get(&leg).map(|c| c.source.clone()) else {
+                    return;
+                };
+                let (store, jobs) = (self.store.clone(), self.jobs.clone());
+                tokio::task::spawn_blocking(move || {
+                    match store.record_conference_id_failure(&source, digits, SystemTime::now()) {
+                        Ok(Some(_)) => {
+                            let _ = jobs.send(Job::SourceBlocked { leg });
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "could not count a failed conference ID"),
+                    }
+                });
+            }
             ivr::Action::StartMeeting(conference) => {
                 let admission = self.bridge.start(now, &conference, leg);
                 self.admitted(now, leg, admission);
@@ -487,14 +567,19 @@ impl Calls {
         };
         call.span
             .in_scope(|| debug!(%conference, pin_len = pin.len(), "PIN check sent to the store"));
-        let source = call.signalling_ip;
+        let source = call.source.clone();
         let (store, pepper, jobs) = (self.store.clone(), self.pepper.clone(), self.jobs.clone());
         // argon2 takes tens of milliseconds: never on the signalling task.
         tokio::task::spawn_blocking(move || {
-            let check =
-                store.check_organizer_pin(&conference, &pin, &pepper, source, SystemTime::now());
+            let now = SystemTime::now();
+            let check = store.check_organizer_pin(&conference, &pin, &pepper, &source, now);
             let result = match check {
                 Ok(PinCheck::Verified(_)) => PinResult::Verified,
+                Ok(PinCheck::SourceBlocked { .. }) => PinResult::SourceBlocked,
+                // The failure that blocks the source ends the call at once.
+                Ok(PinCheck::Wrong(_)) if store.source_blocked(&source.key, now).is_some() => {
+                    PinResult::SourceBlocked
+                }
                 Ok(PinCheck::Wrong(FailureOutcome::Counted { .. })) => PinResult::Wrong,
                 Ok(PinCheck::Wrong(_)) | Ok(PinCheck::Locked { .. }) => PinResult::LockedOut,
                 Ok(PinCheck::UnknownConference) | Ok(PinCheck::Disabled) => PinResult::Wrong,
@@ -575,6 +660,30 @@ impl Calls {
     fn run_flow_later(&mut self, leg: LegId, now: Instant) {
         self.timers.push(Reverse((now, leg)));
     }
+}
+
+/// Whether the call's source is blocked now; if so the refusal of `what` is audited
+/// (blocking: sled). Only calls that were up before the block get here: new ones get `403`.
+fn refused_while_blocked(store: &Store, source: &Source, what: &str) -> bool {
+    let now = SystemTime::now();
+    let Some(until) = store.source_blocked(&source.key, now) else {
+        return false;
+    };
+    let entry = crate::store::AuditEntry::new(
+        now,
+        crate::store::audit::ACTOR_SYSTEM,
+        crate::store::audit::SOURCE_REFUSED,
+        source.key.to_string(),
+        format!(
+            "{what} not looked up: source blocked until {}",
+            format_utc(until)
+        ),
+        Some(source.ip),
+    );
+    if let Err(e) = store.append_audit(&entry) {
+        warn!(error = %e, "could not audit a refused conference ID");
+    }
+    true
 }
 
 /// Reads what the IVR and the bridge need to know about a conference (blocking: sled).

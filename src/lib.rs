@@ -17,4 +17,5 @@ pub mod notify;
 pub mod pin;
 pub mod server;
 pub mod sip;
+pub mod source;
 pub mod store;

@@ -2018,9 +2018,9 @@ impl Default for BlockMemo {
 /// "1 h", "10 min" or "90 s", for audit texts.
 fn window_text(window: Duration) -> String {
     let secs = window.as_secs();
-    if secs % 3600 == 0 && secs > 0 {
+    if secs.is_multiple_of(3600) && secs > 0 {
         format!("{} h", secs / 3600)
-    } else if secs % 60 == 0 && secs > 0 {
+    } else if secs.is_multiple_of(60) && secs > 0 {
         format!("{} min", secs / 60)
     } else {
         format!("{secs} s")

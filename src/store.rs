@@ -318,7 +318,7 @@ impl LockoutPolicy {
     pub const DEFAULT_SOURCE_MAX_PIN_FAILURES: u32 = 10;
     /// 20 unknown conference IDs per source per hour: a caller who mistypes gets six full
     /// calls (3 tries each) before being blocked, while finding one of M valid 7-digit IDs
-    /// takes 10⁷/(20·M) hours from one source (500 days with M = 1 000).
+    /// takes 10⁷/(20·M) hours from one source (500 h ≈ 21 days with M = 1 000).
     pub const DEFAULT_SOURCE_MAX_ID_FAILURES: u32 = 20;
 }
 
@@ -631,6 +631,10 @@ pub struct Store {
     /// policy change, updated by every write to them), so a new call is checked with a map
     /// look-up and never waits on sled; plus the refused-call counts.
     blocks: Mutex<HashMap<SourceKey, BlockMemo>>,
+    /// PIN verifications under way per source: they count against the source's limit until
+    /// their failure is recorded, so concurrent calls cannot overshoot it (see
+    /// [`Store::check_organizer_pin`]).
+    pins_in_flight: Mutex<HashMap<SourceKey, u32>>,
     /// The last pepper [`Store::check_pepper`] accepted, so the argon2 check runs once.
     checked_pepper: Mutex<Option<Pepper>>,
     _lock: fs::File,
@@ -672,6 +676,7 @@ impl Store {
             sled_dir,
             policy: LockoutPolicy::default(),
             blocks: Mutex::new(HashMap::new()),
+            pins_in_flight: Mutex::new(HashMap::new()),
             checked_pepper: Mutex::new(None),
             _lock: lock,
         };
@@ -1087,7 +1092,10 @@ impl Store {
     /// `spawn_blocking`.
     ///
     /// First of all, a blocked source ([`Store::source_blocked`]) is refused: no argon2, no
-    /// count, one [`audit::SOURCE_REFUSED`] entry.
+    /// count, one [`audit::SOURCE_REFUSED`] entry. So is one whose recorded wrong PINs plus
+    /// the verifications it has under way right now reach
+    /// [`LockoutPolicy::source_max_pin_failures`]: a source that opens many calls and keys
+    /// PINs on all at once still gets no more than its limit checked per window.
     pub fn check_organizer_pin(
         &self,
         conference: &ConferenceId,
@@ -1096,7 +1104,15 @@ impl Store {
         source: &Source,
         now: SystemTime,
     ) -> Result<PinCheck, StoreError> {
-        if let Some(until) = self.source_blocked(&source.key, now) {
+        let reserved = self.reserve_pin_check(&source.key, now)?;
+        let blocked = match reserved {
+            Some(_) => None,
+            None => Some(
+                self.source_blocked(&source.key, now)
+                    .unwrap_or(now + self.policy.source_window),
+            ),
+        };
+        if let Some(until) = blocked {
             self.append_audit(&AuditEntry::new(
                 now,
                 audit::ACTOR_SYSTEM,
@@ -1129,6 +1145,36 @@ impl Store {
         }
         let outcome = self.record_pin_failure(conference, source, now)?;
         Ok(PinCheck::Wrong(outcome))
+    }
+
+    /// Counts a PIN verification from `source` as under way, unless the source is blocked or
+    /// its recorded failures plus those under way reach its limit (`None`). The count drops
+    /// when the returned guard does, after the failure (if any) is recorded.
+    fn reserve_pin_check(
+        &self,
+        source: &SourceKey,
+        now: SystemTime,
+    ) -> Result<Option<PinCheckGuard<'_>>, StoreError> {
+        if self.source_blocked(source, now).is_some() {
+            return Ok(None);
+        }
+        let limit = self.policy.source_max_pin_failures;
+        let mut in_flight = self
+            .pins_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let under_way = in_flight.get(source).copied().unwrap_or(0);
+        if limit > 0 {
+            let (pins, _) = self.load_source(source, now)?;
+            if pins.count().saturating_add(under_way) >= limit {
+                return Ok(None);
+            }
+        }
+        in_flight.insert(source.clone(), under_way + 1);
+        Ok(Some(PinCheckGuard {
+            store: self,
+            source: source.clone(),
+        }))
     }
 
     /// Until when organizer PIN entry for `conference` is locked, if it is locked at `now`.
@@ -1991,6 +2037,28 @@ impl Failures {
         let first_needed = self.0.len().checked_sub(limit)?;
         let at = UNIX_EPOCH + Duration::from_millis(self.0[first_needed]);
         Some(at + window)
+    }
+}
+
+/// A PIN verification under way ([`Store::reserve_pin_check`]).
+struct PinCheckGuard<'a> {
+    store: &'a Store,
+    source: SourceKey,
+}
+
+impl Drop for PinCheckGuard<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .store
+            .pins_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -2958,6 +3026,30 @@ mod tests {
             store.source_blocked(&a.key, until),
             Some(t0() + 10 * MIN + LockoutPolicy::DEFAULT_SOURCE_WINDOW)
         );
+    }
+
+    #[test]
+    fn pin_checks_under_way_count_against_the_source_limit() {
+        let (_dir, store) = open();
+        let store = small_limits(store);
+        let a = SourceKey::Ip(ip(1));
+        for _ in 0..2 {
+            store
+                .record_pin_failure(&conf("5550001"), &ip(1).into(), t0())
+                .unwrap();
+        }
+        // 2 recorded + 1 under way = the limit of 3: a fourth concurrent check is refused.
+        let first = store.reserve_pin_check(&a, t0()).unwrap();
+        assert!(first.is_some());
+        assert!(store.reserve_pin_check(&a, t0()).unwrap().is_none());
+        assert!(
+            store
+                .reserve_pin_check(&SourceKey::Ip(ip(2)), t0())
+                .unwrap()
+                .is_some()
+        );
+        drop(first);
+        assert!(store.reserve_pin_check(&a, t0()).unwrap().is_some());
     }
 
     #[test]

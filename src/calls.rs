@@ -13,6 +13,12 @@
 //! its state here is dropped, its media session (and port), meeting or lobby place and SIP
 //! leg are released (a BYE, or a final error response before the answer), and the server
 //! carries on with the others (issue 7; `tests/faults.rs`).
+//!
+//! Per-source limits (issue 7): each call's [`Source`] is decided once, at the INVITE
+//! ([`source::identify`]: the signalling IP, or the caller's number from a trusted trunk). A
+//! blocked source's INVITE is answered `403` before a media port is taken — the store
+//! answers that from memory ([`Store::refuse_call`]), and only the first refusal per window is
+//! audited, off this task.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -34,7 +40,8 @@ use crate::media::player::PlayMode;
 use crate::pin::{Pepper, Pin};
 use crate::pin_checks::PinChecks;
 use crate::sip::endpoint::{Endpoint, Event, LegId};
-use crate::store::{ConferenceId, FailureOutcome, PinCheck, Store};
+use crate::source::{self, Source};
+use crate::store::{ConferenceId, FailureOutcome, PinCheck, Store, format_utc};
 
 /// The result of store work done on the blocking pool, for the call that asked.
 #[derive(Debug)]
@@ -47,6 +54,11 @@ pub enum Job {
     Pin {
         leg: LegId,
         result: PinResult,
+    },
+    /// The call's source turned out to be blocked (a look-up found it so, or a failure just
+    /// recorded blocked it).
+    SourceBlocked {
+        leg: LegId,
     },
 }
 
@@ -62,6 +74,8 @@ pub struct Found {
 struct Call {
     span: Span,
     signalling_ip: IpAddr,
+    /// Who its failures count against.
+    source: Source,
     anonymous: bool,
     dialed: Option<ConferenceId>,
     /// The call's one stream of key presses, merged from RFC 4733, INFO and in-band.
@@ -93,6 +107,8 @@ pub struct Calls {
     jobs: mpsc::UnboundedSender<Job>,
     /// Panics contained to one call, here or in its media session.
     faults: u64,
+    /// Signalling addresses whose calls are keyed by caller number (see [`crate::source`]).
+    trusted_trunks: Vec<IpAddr>,
 }
 
 impl Calls {
@@ -121,7 +137,14 @@ impl Calls {
             timers: BinaryHeap::new(),
             jobs,
             faults: 0,
+            trusted_trunks: Vec::new(),
         }
+    }
+
+    /// Calls from these addresses are counted per caller number, not per address.
+    pub fn with_trusted_trunks(mut self, trunks: Vec<IpAddr>) -> Calls {
+        self.trusted_trunks = trunks;
+        self
     }
 
     /// The next time `handle_timeout` has work.
@@ -187,6 +210,32 @@ impl Calls {
                     panic!("fault injection: signalling panic on INVITE");
                 }
                 let panic_on_ack = fault::signalling_wanted(dialed_user, SignallingFault::OnAck);
+                let source = source::identify(
+                    call.source.addr.ip(),
+                    call.asserted_user.as_deref(),
+                    call.from.uri.user_unescaped().as_deref(),
+                    &self.trusted_trunks,
+                );
+                if let Some(refusal) = self.store.refuse_call(&source, SystemTime::now()) {
+                    let until = format_utc(refusal.until);
+                    span.in_scope(|| info!(source = %source.key, %until, "call refused: source blocked for too many failed conference IDs or PINs"));
+                    endpoint.reject_with_warning(
+                        now,
+                        leg,
+                        403,
+                        "Forbidden - Too Many Failed Attempts",
+                        &format!("too many failed conference IDs or PINs from this source; blocked until {until}"),
+                    );
+                    if let Some(entry) = refusal.audit {
+                        let store = self.store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = store.append_audit(&entry) {
+                                warn!(error = %e, "could not audit a refused call");
+                            }
+                        });
+                    }
+                    return;
+                }
                 let port = match self.engine.open(SessionId(leg.0)) {
                     Ok(port) => port,
                     Err(e) => {
@@ -204,6 +253,7 @@ impl Calls {
                     Call {
                         span,
                         signalling_ip: call.source.addr.ip(),
+                        source,
                         anonymous: call.anonymous,
                         dialed,
                         digits: DigitStream::new(self.dtmf_mode, None),
@@ -342,7 +392,7 @@ impl Calls {
     /// Store work finished on the blocking pool.
     pub fn job_done(&mut self, now: Instant, job: Job, endpoint: &mut Endpoint) {
         let leg = match &job {
-            Job::Lookup { leg, .. } | Job::Pin { leg, .. } => *leg,
+            Job::Lookup { leg, .. } | Job::Pin { leg, .. } | Job::SourceBlocked { leg } => *leg,
         };
         self.contained(now, leg, endpoint, |calls, endpoint| {
             calls.handle_job(now, job, endpoint)
@@ -391,6 +441,14 @@ impl Calls {
             Job::Pin { leg, result } => {
                 if self
                     .in_flow(leg, |flow| flow.handle_pin_result(now, result))
+                    .is_some()
+                {
+                    self.run_flow(now, leg, endpoint);
+                }
+            }
+            Job::SourceBlocked { leg } => {
+                if self
+                    .in_flow(leg, |flow| flow.handle_source_blocked(now))
                     .is_some()
                 {
                     self.run_flow(now, leg, endpoint);
@@ -546,9 +604,16 @@ impl Calls {
                 let _ = self.engine.stop_playback(session);
             }
             ivr::Action::Lookup(conference) => {
+                let Some(source) = self.calls.get(&leg).map(|c| c.source.clone()) else {
+                    return;
+                };
                 let store = self.store.clone();
                 let jobs = self.jobs.clone();
                 tokio::task::spawn_blocking(move || {
+                    if refused_while_blocked(&store, &source, "conference ID") {
+                        let _ = jobs.send(Job::SourceBlocked { leg });
+                        return;
+                    }
                     let found = lookup(&store, &conference).map_err(|e| e.to_string());
                     let _ = jobs.send(Job::Lookup {
                         leg,
@@ -561,6 +626,21 @@ impl Calls {
             ivr::Action::Admit { conference, .. } => self.admit(now, leg, &conference, endpoint),
             ivr::Action::EnterLobby(conference) => self.admit(now, leg, &conference, endpoint),
             ivr::Action::VerifyPin { conference, pin } => self.verify_pin(leg, conference, pin),
+            ivr::Action::ConferenceIdFailed { digits } => {
+                let Some(source) = self.calls.get(&leg).map(|c| c.source.clone()) else {
+                    return;
+                };
+                let (store, jobs) = (self.store.clone(), self.jobs.clone());
+                tokio::task::spawn_blocking(move || {
+                    match store.record_conference_id_failure(&source, digits, SystemTime::now()) {
+                        Ok(Some(_)) => {
+                            let _ = jobs.send(Job::SourceBlocked { leg });
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "could not count a failed conference ID"),
+                    }
+                });
+            }
             ivr::Action::StartMeeting(conference) => {
                 let admission = self.bridge.start(now, &conference, leg);
                 self.admitted(now, leg, admission);
@@ -639,14 +719,19 @@ impl Calls {
         };
         call.span
             .in_scope(|| debug!(%conference, pin_len = pin.len(), "PIN check sent to the store"));
-        let source = call.signalling_ip;
+        let source = call.source.clone();
         let (store, pepper, jobs) = (self.store.clone(), self.pepper.clone(), self.jobs.clone());
         // argon2 takes tens of milliseconds: never on the signalling task.
         self.pin_checks.submit(move || {
-            let check =
-                store.check_organizer_pin(&conference, &pin, &pepper, source, SystemTime::now());
+            let now = SystemTime::now();
+            let check = store.check_organizer_pin(&conference, &pin, &pepper, &source, now);
             let result = match check {
                 Ok(PinCheck::Verified(_)) => PinResult::Verified,
+                Ok(PinCheck::SourceBlocked { .. }) => PinResult::SourceBlocked,
+                // The failure that blocks the source ends the call at once.
+                Ok(PinCheck::Wrong(_)) if store.source_blocked(&source.key, now).is_some() => {
+                    PinResult::SourceBlocked
+                }
                 Ok(PinCheck::Wrong(FailureOutcome::Counted { .. })) => PinResult::Wrong,
                 Ok(PinCheck::Wrong(_)) | Ok(PinCheck::Locked { .. }) => PinResult::LockedOut,
                 Ok(PinCheck::UnknownConference) | Ok(PinCheck::Disabled) => PinResult::Wrong,
@@ -736,6 +821,30 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic without a message")
+}
+
+/// Whether the call's source is blocked now; if so the refusal of `what` is audited
+/// (blocking: sled). Only calls that were up before the block get here: new ones get `403`.
+fn refused_while_blocked(store: &Store, source: &Source, what: &str) -> bool {
+    let now = SystemTime::now();
+    let Some(until) = store.source_blocked(&source.key, now) else {
+        return false;
+    };
+    let entry = crate::store::AuditEntry::new(
+        now,
+        crate::store::audit::ACTOR_SYSTEM,
+        crate::store::audit::SOURCE_REFUSED,
+        source.key.to_string(),
+        format!(
+            "{what} not looked up: source blocked until {}",
+            format_utc(until)
+        ),
+        Some(source.ip),
+    );
+    if let Err(e) = store.append_audit(&entry) {
+        warn!(error = %e, "could not audit a refused conference ID");
+    }
+    true
 }
 
 /// Reads what the IVR and the bridge need to know about a conference (blocking: sled).

@@ -18,6 +18,7 @@ use crate::ivr::IvrConfig;
 use crate::media::dtmf::stream::DtmfMode;
 use crate::notify::{self, MailConfig, MailTransport, SmtpConfig, SmtpCredentials, TlsMode};
 use crate::sip::limits::{Limits, RateLimit};
+use crate::store::LockoutPolicy;
 
 /// Flags of `pinbridge serve`.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -94,6 +95,104 @@ pub struct ServeArgs {
     pub public_url: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub brute_force: BruteForceArgs,
+}
+
+// ---- per-source brute-force limits (issue 7) ---------------------------------------------
+
+/// Flags of `pinbridge serve` for the per-source limits on failed conference IDs and PINs
+/// (SECURITY.md, "PIN brute force"). A limit of 0 turns it off.
+#[derive(clap::Args, Debug, Default, Clone)]
+#[command(next_help_heading = "Brute-force limits")]
+pub struct BruteForceArgs {
+    /// Wrong organizer PINs from one source within --source-window that block the source
+    /// [default: 10; 0 = no limit].
+    #[arg(long, env = "PINBRIDGE_SOURCE_PIN_FAILURES", value_name = "N")]
+    pub source_pin_failures: Option<u32>,
+    /// Unknown or invalid conference IDs keyed from one source within --source-window that
+    /// block the source [default: 20; 0 = no limit].
+    #[arg(long, env = "PINBRIDGE_SOURCE_ID_FAILURES", value_name = "N")]
+    pub source_id_failures: Option<u32>,
+    /// Sliding window, in seconds, over which a source's failures are counted [default: 3600].
+    #[arg(long, env = "PINBRIDGE_SOURCE_WINDOW", value_name = "SECONDS")]
+    pub source_window: Option<u64>,
+    /// Signalling address of a carrier trunk or SBC whose calls are counted per caller number
+    /// (P-Asserted-Identity, else From) instead of per address; repeat for several (environment:
+    /// comma-separated).
+    #[arg(
+        long = "trusted-trunk",
+        env = "PINBRIDGE_TRUSTED_TRUNKS",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub trusted_trunks: Vec<IpAddr>,
+}
+
+/// The per-source limits from flags/environment over the TOML file over
+/// [`LockoutPolicy::default`], and the trusted trunks.
+fn brute_force_config(
+    a: &BruteForceArgs,
+    f: &FileConfig,
+) -> Result<(LockoutPolicy, Vec<IpAddr>), ConfigError> {
+    let d = LockoutPolicy::default();
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    let window = match a.source_window.or(f.source_window) {
+        None => d.source_window,
+        Some(0) => return Err(invalid("source_window", "must be at least 1 second".into())),
+        Some(s) if s > 7 * 24 * 3600 => {
+            return Err(invalid(
+                "source_window",
+                format!("{s} s is more than a week; failures are kept at most 1024 per source"),
+            ));
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    let limit = |key: &'static str, flag: Option<u32>, file: Option<u32>, default: u32| match flag
+        .or(file)
+        .unwrap_or(default)
+    {
+        n if n > 1000 => Err(invalid(
+            key,
+            format!("{n} is above 1000 (the store keeps at most 1024 failures per source)"),
+        )),
+        n => Ok(n),
+    };
+    let policy = LockoutPolicy {
+        source_window: window,
+        source_max_pin_failures: limit(
+            "source_pin_failures",
+            a.source_pin_failures,
+            f.source_pin_failures,
+            d.source_max_pin_failures,
+        )?,
+        source_max_id_failures: limit(
+            "source_id_failures",
+            a.source_id_failures,
+            f.source_id_failures,
+            d.source_max_id_failures,
+        )?,
+        ..d
+    };
+    let trunks = if a.trusted_trunks.is_empty() {
+        let mut trunks = Vec::new();
+        for t in f.trusted_trunks.iter().flatten() {
+            let ip = t
+                .parse::<IpAddr>()
+                .map_err(|_| invalid("trusted_trunks", format!("{t:?} is not an IP address")))?;
+            trunks.push(ip);
+        }
+        trunks
+    } else {
+        a.trusted_trunks.clone()
+    };
+    if let Some(ip) = trunks.iter().find(|ip| ip.is_unspecified()) {
+        return Err(invalid(
+            "trusted_trunks",
+            format!("{ip} is not one trunk's address"),
+        ));
+    }
+    Ok((policy, trunks))
 }
 
 // ---- flood limits (issue 7) ------------------------------------------------------------------
@@ -388,6 +487,10 @@ pub struct Config {
     pub public_url: Option<String>,
     // ---- flood limits (issue 7) ----
     pub limits: Limits,
+    /// Per-conference lockout and per-source brute-force limits (issue 7).
+    pub lockout: LockoutPolicy,
+    /// Signalling addresses whose callers are keyed by number, not address.
+    pub trusted_trunks: Vec<IpAddr>,
 }
 
 /// The admin API's default address: loopback, so a fresh install exposes nothing.
@@ -451,6 +554,11 @@ struct FileConfig {
     tcp_per_source: Option<usize>,
     tcp_idle_timeout: Option<u64>,
     tcp_message_timeout: Option<u64>,
+    // ---- per-source brute-force limits (issue 7): the keys of `BruteForceArgs`
+    source_pin_failures: Option<u32>,
+    source_id_failures: Option<u32>,
+    source_window: Option<u64>,
+    trusted_trunks: Option<Vec<String>>,
 }
 
 impl Config {
@@ -473,6 +581,7 @@ impl Config {
         };
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
         let limits = limits_config(&args.limits, &file)?;
+        let (lockout, trusted_trunks) = brute_force_config(&args.brute_force, &file)?;
 
         let sip_listen = match (args.sip_listen, &file.sip_listen) {
             (Some(a), _) => a,
@@ -604,6 +713,8 @@ impl Config {
         };
         Ok(Config {
             limits,
+            lockout,
+            trusted_trunks,
             http_listen,
             admin_token,
             public_url,

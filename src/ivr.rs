@@ -45,6 +45,16 @@
 //! last heard it: it is not re-checked until the caller's next verification, which the
 //! store answers anyway.
 //!
+//! # Per-source limits (issue 7)
+//! Every unknown or invalid conference ID *keyed in* is reported with
+//! [`Action::ConferenceIdFailed`] (the store counts them per source across calls; a dialled
+//! Request-URI that is not a known ID is not: trunks put their own numbers there). When the
+//! server learns the caller's source is blocked — from a look-up, a PIN verification
+//! ([`PinResult::SourceBlocked`]) or a failure it just recorded — it calls
+//! [`Flow::handle_source_blocked`]: the caller hears why (ConferenceIdUnknown while an ID was
+//! being checked, PinUnavailable while a PIN was), then Goodbye, and is hung up with
+//! [`EndCause::SourceBlocked`]. The flow keeps no per-source state itself.
+//!
 //! # Timers (all data; [`Flow::poll_timeout`] is the earliest)
 //! - **First digit**: [`IvrConfig::first_digit_timeout`] (10 s) after the entry prompt
 //!   *finished playing* (`handle_playback_finished`), not after it started.
@@ -213,6 +223,8 @@ pub enum PinResult {
     /// PIN entry is locked for this conference (this attempt was not checked, or it was the
     /// failure that locked it).
     LockedOut,
+    /// The caller's source is blocked for too many failures: not checked; the call ends.
+    SourceBlocked,
 }
 
 /// Why the IVR hung up, for [`Action::Hangup`] and the call's log.
@@ -228,6 +240,8 @@ pub enum EndCause {
     MeetingFull,
     /// The bridge ended the meeting.
     MeetingEnded,
+    /// The caller's source is over a per-source failure limit (issue 7).
+    SourceBlocked,
 }
 
 /// What the server must do for the call. Drain with [`Flow::poll_action`] after every input,
@@ -263,6 +277,11 @@ pub enum Action {
     /// bridge only keeps the membership and calls [`Flow::handle_meeting_started`] when the
     /// meeting starts. Answer nothing.
     EnterLobby(ConferenceId),
+    /// A conference ID keyed on this call was unknown or invalid (`digits` long): count it
+    /// for the caller's source. Answer nothing, unless the count blocks the source: then
+    /// [`Flow::handle_source_blocked`]. The digits themselves are not passed on, so they
+    /// reach no log or audit (a caller at the wrong prompt may have keyed their PIN).
+    ConferenceIdFailed { digits: usize },
     /// Verify the organizer PIN on the blocking pool (argon2, counters, audit) and answer
     /// with [`Flow::handle_pin_result`]. Never log `pin`'s digits.
     VerifyPin { conference: ConferenceId, pin: Pin },
@@ -442,8 +461,9 @@ impl Flow {
                     self.prompt_for_id();
                 }
                 None => {
-                    info!(conference = %id, "conference ID unknown");
-                    self.id_failed(now);
+                    let digits = id.as_str().len();
+                    info!(digits, "conference ID unknown");
+                    self.id_failed(now, digits);
                 }
             },
             _ => debug!("lookup answer outside a lookup; ignored"),
@@ -477,7 +497,27 @@ impl Flow {
                 info!(%conference, attempt, "organizer PIN entry locked out; back to the lobby");
                 self.announce_in_lobby(conference, true, Sound::PinUnavailable);
             }
+            PinResult::SourceBlocked => self.handle_source_blocked(now),
         }
+    }
+
+    /// The caller's source is blocked (too many failed conference IDs or PINs from it across
+    /// calls): the prompt that fits what the caller was doing, Goodbye, hang up. Ignored
+    /// once the call is leaving, and in the meeting (a caller who got in stays in).
+    pub fn handle_source_blocked(&mut self, now: Instant) {
+        let first = match self.state {
+            State::Leaving { .. } | State::Ended(_) | State::InMeeting { .. } => return,
+            State::EnteringPin { .. } | State::PinIncorrect { .. } | State::VerifyingPin { .. } => {
+                Sound::PinUnavailable
+            }
+            State::Greeting { .. }
+            | State::LookingUp { .. }
+            | State::EnteringId(_)
+            | State::IdUnknown => Sound::ConferenceIdUnknown,
+            State::Joining { .. } | State::Lobby { .. } => Sound::Goodbye,
+        };
+        info!("caller's source is blocked for too many failures; disconnecting");
+        self.leave(now, EndCause::SourceBlocked, first);
     }
 
     /// The bridge placed the caller in the lobby in answer to [`Action::Admit`] (or to a
@@ -677,7 +717,7 @@ impl Flow {
         match step {
             Step::Digits(digits) => match ConferenceId::parse(&digits) {
                 Some(id) => {
-                    info!(conference = %id, "conference ID entered");
+                    info!(digits = id.as_str().len(), "conference ID entered");
                     self.actions.push_back(Action::Lookup(id.clone()));
                     self.set_state(State::LookingUp {
                         id,
@@ -686,12 +726,12 @@ impl Flow {
                 }
                 None => {
                     info!(digits = digits.len(), "conference ID entry invalid");
-                    self.id_failed(now);
+                    self.id_failed(now, digits.len());
                 }
             },
             Step::TooLong => {
                 info!("conference ID entry too long");
-                self.id_failed(now);
+                self.id_failed(now, MAX_CONFERENCE_ID_DIGITS + 1);
             }
             Step::NoInput => {
                 info!("no conference ID entered");
@@ -700,9 +740,11 @@ impl Flow {
         }
     }
 
-    /// An unknown or invalid conference ID: "not recognised", then the prompt again or,
-    /// after the last try, Goodbye.
-    fn id_failed(&mut self, now: Instant) {
+    /// An unknown or invalid conference ID (`digits` long): reported for the source's count,
+    /// then "not recognised" and the prompt again or, after the last try, Goodbye.
+    fn id_failed(&mut self, now: Instant, digits: usize) {
+        self.actions
+            .push_back(Action::ConferenceIdFailed { digits });
         self.id_failures += 1;
         if self.id_failures >= self.config.conference_id_tries {
             info!(tries = self.id_failures, "too many unknown conference IDs");
@@ -1338,7 +1380,7 @@ mod tests {
         for _ in 0..2 {
             h.finish();
             enter_unknown_id(&mut h, "1111#");
-            assert_eq!(h.take(), [play(Sound::ConferenceIdUnknown)]);
+            assert_eq!(h.take(), [failed(4), play(Sound::ConferenceIdUnknown)]);
             h.finish();
             assert_eq!(h.take(), [play(Sound::EnterConferenceId)]);
         }
@@ -1355,13 +1397,51 @@ mod tests {
         );
     }
 
+    fn failed(digits: usize) -> Action {
+        Action::ConferenceIdFailed { digits }
+    }
+
+    #[test]
+    fn a_blocked_source_hears_why_then_goodbye_and_is_hung_up() {
+        // While a keyed conference ID is being looked up.
+        let mut h = Harness::at_id_prompt();
+        h.finish();
+        h.keys("1234#");
+        h.take();
+        h.flow.handle_source_blocked(h.now);
+        h.pump();
+        assert_eq!(h.take(), [play(Sound::ConferenceIdUnknown)]);
+        h.finish();
+        assert_eq!(h.take(), [play(Sound::Goodbye)]);
+        h.finish();
+        assert_eq!(h.take(), [Action::Hangup(EndCause::SourceBlocked)]);
+        // Once leaving, a second report changes nothing.
+        h.flow.handle_source_blocked(h.now);
+        h.pump();
+        assert_eq!(h.take(), []);
+
+        // While a PIN is being verified: the store refused it unchecked.
+        let mut h = Harness::at_pin_prompt();
+        h.keys("12345#");
+        assert!(matches!(
+            h.take().as_slice(),
+            [.., Action::VerifyPin { .. }]
+        ));
+        h.pin_result(PinResult::SourceBlocked);
+        assert_eq!(h.take(), [play(Sound::PinUnavailable)]);
+        h.finish();
+        assert_eq!(h.take(), [play(Sound::Goodbye)]);
+        h.finish();
+        assert_eq!(h.take(), [Action::Hangup(EndCause::SourceBlocked)]);
+    }
+
     #[test]
     fn unknown_id_three_times_says_goodbye_and_hangs_up() {
         let mut h = Harness::at_id_prompt();
         for _ in 0..2 {
             h.finish();
             enter_unknown_id(&mut h, "1234#");
-            assert_eq!(h.take(), [play(Sound::ConferenceIdUnknown)]);
+            assert_eq!(h.take(), [failed(4), play(Sound::ConferenceIdUnknown)]);
             h.keys("5678#"); // ignored while "not recognised" plays
             assert_eq!(h.take(), []);
             h.finish();
@@ -1369,7 +1449,7 @@ mod tests {
         }
         h.finish();
         enter_unknown_id(&mut h, "1234#");
-        assert_eq!(h.take(), [play(Sound::ConferenceIdUnknown)]);
+        assert_eq!(h.take(), [failed(4), play(Sound::ConferenceIdUnknown)]);
         assert_eq!(h.state(), "leaving");
         h.finish();
         assert_eq!(h.take(), [play(Sound::Goodbye)]);
@@ -1527,18 +1607,22 @@ mod tests {
         h.keys("123456789012345");
         assert_eq!(h.take(), []);
         h.keys("6");
-        assert_eq!(h.take(), [play(Sound::ConferenceIdUnknown)], "no lookup");
+        assert_eq!(
+            h.take(),
+            [failed(16), play(Sound::ConferenceIdUnknown)],
+            "no lookup"
+        );
         // Too short for a conference ID is invalid too, and both count as tries.
         h.finish();
         h.finish();
         h.take();
         h.keys("123#");
-        assert_eq!(h.take(), [play(Sound::ConferenceIdUnknown)]);
+        assert_eq!(h.take(), [failed(3), play(Sound::ConferenceIdUnknown)]);
         h.finish();
         h.finish();
         h.take();
         enter_unknown_id(&mut h, "1234#");
-        assert_eq!(h.take(), [play(Sound::ConferenceIdUnknown)]);
+        assert_eq!(h.take(), [failed(4), play(Sound::ConferenceIdUnknown)]);
         assert_eq!(h.state(), "leaving");
     }
 

@@ -19,4 +19,5 @@ pub mod pin;
 pub mod pin_checks;
 pub mod server;
 pub mod sip;
+pub mod source;
 pub mod store;

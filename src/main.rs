@@ -142,7 +142,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let assets = Assets::load(&cfg.audio_dir)
         .with_context(|| format!("loading audio assets from {}", cfg.audio_dir.display()))?;
-    let store = Store::open(&cfg.data_dir)?;
+    let store = Store::open(&cfg.data_dir)?.with_lockout_policy(cfg.lockout)?;
+    tracing::info!(policy = ?cfg.lockout, trusted_trunks = ?cfg.trusted_trunks, "brute-force limits");
     let (pepper, source) = Pepper::load(cfg.pin_pepper.as_deref(), &cfg.data_dir)?;
     tracing::info!(?source, "PIN pepper loaded");
     store.check_pepper(&pepper)?;

@@ -184,7 +184,8 @@ pub async fn run(
         cfg.ivr.clone(),
         cfg.bridge,
         jobs_tx,
-    );
+    )
+    .with_trusted_trunks(cfg.trusted_trunks.clone());
     let mut io = Io {
         tcp: TcpConnections::default(),
         udp: udp.clone(),

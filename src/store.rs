@@ -10,7 +10,8 @@
 //!
 //! Trees: `users` (user id → JSON [`User`]), `conference_ids` (conference id → user id),
 //! `settings` (`tenant` → JSON [`TenantSettings`]), `pin_failures_by_conference` and
-//! `pin_failures_by_source` (key → JSON list of failure times), `lockouts` (conference id →
+//! `pin_failures_by_source` and `conference_id_failures_by_source` (key → JSON list of
+//! failure times; a source key is an IP or `caller:NUMBER`, see [`SourceKey`]), `lockouts` (conference id →
 //! JSON until), `audit` (big-endian u64 from sled's monotonic id generator → JSON
 //! [`AuditEntry`]), `outbox` (big-endian u64 queue id → JSON [`QueuedEmail`]; the body is
 //! dropped once delivered). The default tree holds `schema_version` (u32, big-endian) and the pepper
@@ -26,6 +27,7 @@
 //! Methods about failures and lockouts take `now` explicitly (wall-clock `SystemTime`, since
 //! lockouts must survive a restart), so the rules are tested without sleeping.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Seek, Write};
@@ -43,6 +45,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::pin::{self, Pepper, Pin, PinError};
+use crate::source::{Source, SourceKey};
 
 /// A conference ID: the digits a caller keys in (or dials as the Request-URI user part).
 #[derive(
@@ -277,9 +280,11 @@ pub enum SettingsError {
     DialInNumber(String),
 }
 
-/// The brute-force rule for organizer PINs (DESIGN.md call flow, step 3). Failures are
-/// counted per conference (what locks) and per caller source (read by issue 7's per-source
-/// limits).
+/// The brute-force rules (DESIGN.md call flow, step 3; issue 7). Wrong PINs are counted per
+/// conference (5 in 10 minutes lock its PIN entry) and per caller source; unknown or invalid
+/// conference IDs per source. A source with too many of either within `source_window` is
+/// blocked: its PINs are refused without running argon2, its conference IDs without a
+/// look-up, its new calls with `403`, until enough of its failures leave the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockoutPolicy {
     /// Failures for one conference within `window` that lock it.
@@ -288,8 +293,13 @@ pub struct LockoutPolicy {
     pub window: Duration,
     /// How long organizer PIN entry stays locked.
     pub lockout: Duration,
-    /// Sliding window for [`Store::source_failures`].
+    /// Sliding window over which a source's failures are counted.
     pub source_window: Duration,
+    /// Wrong PINs from one source within `source_window` that block it (0: no limit).
+    pub source_max_pin_failures: u32,
+    /// Unknown or invalid conference IDs from one source within `source_window` that block
+    /// it (0: no limit).
+    pub source_max_id_failures: u32,
 }
 
 impl LockoutPolicy {
@@ -301,6 +311,15 @@ impl LockoutPolicy {
     pub const DEFAULT_LOCKOUT: Duration = Duration::from_secs(15 * 60);
     /// Per-source failures are counted over the last hour.
     pub const DEFAULT_SOURCE_WINDOW: Duration = Duration::from_secs(60 * 60);
+    /// 10 wrong PINs per source per hour: three calls' worth of typos (3 tries per call)
+    /// and then some, for an organizer who forgot their PIN; and half of what the
+    /// per-conference lockout lets through against one conference (20 per hour), so one
+    /// source spraying many conferences gains nothing over attacking one (SECURITY.md).
+    pub const DEFAULT_SOURCE_MAX_PIN_FAILURES: u32 = 10;
+    /// 20 unknown conference IDs per source per hour: a caller who mistypes gets six full
+    /// calls (3 tries each) before being blocked, while finding one of M valid 7-digit IDs
+    /// takes 10⁷/(20·M) hours from one source (500 h ≈ 21 days with M = 1 000).
+    pub const DEFAULT_SOURCE_MAX_ID_FAILURES: u32 = 20;
 }
 
 impl Default for LockoutPolicy {
@@ -310,6 +329,8 @@ impl Default for LockoutPolicy {
             window: Self::DEFAULT_WINDOW,
             lockout: Self::DEFAULT_LOCKOUT,
             source_window: Self::DEFAULT_SOURCE_WINDOW,
+            source_max_pin_failures: Self::DEFAULT_SOURCE_MAX_PIN_FAILURES,
+            source_max_id_failures: Self::DEFAULT_SOURCE_MAX_ID_FAILURES,
         }
     }
 }
@@ -375,9 +396,53 @@ pub enum PinCheck {
     Locked { until: SystemTime },
     /// No organizer has this conference ID; nothing was counted.
     UnknownConference,
+    /// The caller's source is blocked (too many failures from it): refused without
+    /// checking the PIN (no argon2) or counting it; audited.
+    SourceBlocked { until: SystemTime },
     /// The organizer is disabled for audio conferencing: their PIN starts nothing. Not
     /// checked, not counted.
     Disabled,
+}
+
+/// Which per-source limit a blocked source is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockReason {
+    /// [`LockoutPolicy::source_max_pin_failures`] wrong PINs.
+    PinFailures,
+    /// [`LockoutPolicy::source_max_id_failures`] unknown or invalid conference IDs.
+    ConferenceIdFailures,
+}
+
+/// A source over one of its limits ([`Store::source_blocks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceBlock {
+    pub source: SourceKey,
+    pub reason: BlockReason,
+    /// Failures of that kind in the window now.
+    pub failures: u32,
+    pub limit: u32,
+    /// When enough failures have left the window for the source to be let in again.
+    pub until: SystemTime,
+    /// New calls refused with `403` since this process started (not stored: a flood's
+    /// count is not worth a disk write per INVITE).
+    pub refused_calls: u64,
+}
+
+/// A source's failures in the window ([`Store::source_failures`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourceFailures {
+    pub pins: u32,
+    pub conference_ids: u32,
+}
+
+/// A new call from a blocked source ([`Store::refuse_call`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRefusal {
+    pub until: SystemTime,
+    /// The audit entry to append (blocking: do it off the signalling task), for the first
+    /// refusal of the source in each window; `None` for the rest, which are only counted.
+    pub audit: Option<AuditEntry>,
 }
 
 /// A conference whose organizer PIN entry is locked.
@@ -418,6 +483,14 @@ pub mod audit {
     pub const USER_DISABLE: &str = "user.disable";
     pub const CONFERENCE_ID_RESET: &str = "user.reset_conference_id";
     pub const EMAIL_QUEUE: &str = "email.queue";
+    // Issue 7, per-source limits. Never the digits of an unknown conference ID: a caller
+    // who confuses the prompts may have keyed their PIN there.
+    pub const CONFERENCE_ID_FAILURE: &str = "conference_id.failure";
+    /// A source reached one of its limits.
+    pub const SOURCE_BLOCK: &str = "source.block";
+    /// A blocked source's PIN, conference ID or call was refused (calls: once per window).
+    pub const SOURCE_REFUSED: &str = "source.refused";
+    pub const SOURCE_BLOCK_CLEAR: &str = "source.block_clear";
     /// Actor for entries the store writes on a caller's behalf.
     pub const ACTOR_CALLER: &str = "caller";
     /// Actor for consequences the store decides itself (a lockout).
@@ -544,6 +617,8 @@ pub struct Store {
     settings: sled::Tree,
     conference_failures: sled::Tree,
     source_failures: sled::Tree,
+    /// Unknown or invalid conference IDs per source (issue 7).
+    source_id_failures: sled::Tree,
     lockouts: sled::Tree,
     audit: sled::Tree,
     /// Email waiting for delivery (and the record of delivered ones), by queue id.
@@ -552,6 +627,14 @@ pub struct Store {
     sign_in_links: sled::Tree,
     sled_dir: PathBuf,
     policy: LockoutPolicy,
+    /// Blocked sources, mirrored from the two per-source trees (rebuilt on open and on a
+    /// policy change, updated by every write to them), so a new call is checked with a map
+    /// look-up and never waits on sled; plus the refused-call counts.
+    blocks: Mutex<HashMap<SourceKey, BlockMemo>>,
+    /// PIN verifications under way per source: they count against the source's limit until
+    /// their failure is recorded, so concurrent calls cannot overshoot it (see
+    /// [`Store::check_organizer_pin`]).
+    pins_in_flight: Mutex<HashMap<SourceKey, u32>>,
     /// The last pepper [`Store::check_pepper`] accepted, so the argon2 check runs once.
     checked_pepper: Mutex<Option<Pepper>>,
     _lock: fs::File,
@@ -584,6 +667,7 @@ impl Store {
             settings: tree("settings")?,
             conference_failures: tree("pin_failures_by_conference")?,
             source_failures: tree("pin_failures_by_source")?,
+            source_id_failures: tree("conference_id_failures_by_source")?,
             lockouts: tree("lockouts")?,
             audit: tree("audit")?,
             outbox: tree("outbox")?,
@@ -591,6 +675,8 @@ impl Store {
             db,
             sled_dir,
             policy: LockoutPolicy::default(),
+            blocks: Mutex::new(HashMap::new()),
+            pins_in_flight: Mutex::new(HashMap::new()),
             checked_pepper: Mutex::new(None),
             _lock: lock,
         };
@@ -598,13 +684,15 @@ impl Store {
             StoreError::Io(source) => unwritable(source),
             e => e,
         })?;
+        store.rebuild_blocks(SystemTime::now())?;
         Ok(store)
     }
 
-    /// Replaces the lockout rule (from configuration).
-    pub fn with_lockout_policy(mut self, policy: LockoutPolicy) -> Store {
+    /// Replaces the lockout rule (from configuration); blocks are recomputed under it.
+    pub fn with_lockout_policy(mut self, policy: LockoutPolicy) -> Result<Store, StoreError> {
         self.policy = policy;
-        self
+        self.rebuild_blocks(SystemTime::now())?;
+        Ok(self)
     }
 
     pub fn lockout_policy(&self) -> LockoutPolicy {
@@ -892,16 +980,21 @@ impl Store {
     ///   budget would grow with the organizer's activity. The price is small: an organizer who
     ///   mistypes, succeeds and mistypes again within 10 minutes may be locked a little
     ///   sooner.
+    ///
+    /// The failure also counts for `source` (issue 7); the one that takes it to
+    /// [`LockoutPolicy::source_max_pin_failures`] blocks the source and is audited as
+    /// [`audit::SOURCE_BLOCK`].
     pub fn record_pin_failure(
         &self,
         conference: &ConferenceId,
-        source: IpAddr,
+        source: &Source,
         now: SystemTime,
     ) -> Result<FailureOutcome, StoreError> {
         let policy = self.policy;
         let conf_key = conference.as_str().as_bytes();
-        let source = source.to_canonical();
-        let source_key = source.to_string();
+        let source_ip = source.ip;
+        let source_key = source.key.to_string();
+        let limit = policy.source_max_pin_failures;
         let trees = (
             &self.conference_failures,
             &self.source_failures,
@@ -914,19 +1007,30 @@ impl Store {
             source_tx.insert(source_key.as_bytes(), encode(&from_source))?;
             let source_failures = from_source.count();
 
-            let append = |actor: &str, action: &'static str, outcome: String| -> TxResult<()> {
-                let entry = AuditEntry::new(
-                    now,
-                    actor,
-                    action,
-                    conference.as_str(),
-                    outcome,
-                    Some(source),
-                );
+            let append_to = |target: &str, actor: &str, action: &'static str, outcome: String| {
+                let entry = AuditEntry::new(now, actor, action, target, outcome, Some(source_ip));
                 let key = audit_tx.generate_id()?.to_be_bytes();
                 audit_tx.insert(&key, encode(&entry))?;
-                Ok(())
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
             };
+            let append = |actor: &str, action: &'static str, outcome: String| -> TxResult<()> {
+                append_to(conference.as_str(), actor, action, outcome)
+            };
+            if limit > 0 && source_failures == limit {
+                let until = from_source
+                    .blocked_until(limit, policy.source_window)
+                    .unwrap_or(now + policy.source_window);
+                append_to(
+                    &source_key,
+                    audit::ACTOR_SYSTEM,
+                    audit::SOURCE_BLOCK,
+                    format!(
+                        "source blocked until {} after {source_failures} wrong PINs within {}",
+                        format_utc(until),
+                        window_text(policy.source_window)
+                    ),
+                )?;
+            }
 
             if let Some(until) = load_lockout(lockouts_tx.get(conf_key)?)
                 .map_err(ConflictableTransactionError::Abort)?
@@ -976,6 +1080,7 @@ impl Store {
             })
         })?;
         self.persist()?;
+        self.refresh_block(&source.key, now)?;
         Ok(outcome)
     }
 
@@ -985,14 +1090,43 @@ impl Store {
     /// (argon2id, constant-time compare) and a wrong one is recorded with
     /// [`Store::record_pin_failure`]. Blocking (argon2, and an fsync on failure): run it with
     /// `spawn_blocking`.
+    ///
+    /// First of all, a blocked source ([`Store::source_blocked`]) is refused: no argon2, no
+    /// count, one [`audit::SOURCE_REFUSED`] entry. So is one whose recorded wrong PINs plus
+    /// the verifications it has under way right now reach
+    /// [`LockoutPolicy::source_max_pin_failures`]: a source that opens many calls and keys
+    /// PINs on all at once still gets no more than its limit checked per window.
     pub fn check_organizer_pin(
         &self,
         conference: &ConferenceId,
         pin: &Pin,
         pepper: &Pepper,
-        source: IpAddr,
+        source: &Source,
         now: SystemTime,
     ) -> Result<PinCheck, StoreError> {
+        let reserved = self.reserve_pin_check(&source.key, now)?;
+        let blocked = match reserved {
+            Some(_) => None,
+            None => Some(
+                self.source_blocked(&source.key, now)
+                    .unwrap_or(now + self.policy.source_window),
+            ),
+        };
+        if let Some(until) = blocked {
+            self.append_audit(&AuditEntry::new(
+                now,
+                audit::ACTOR_SYSTEM,
+                audit::SOURCE_REFUSED,
+                conference.as_str(),
+                format!(
+                    "organizer PIN not checked: source {} blocked until {}",
+                    source.key,
+                    format_utc(until)
+                ),
+                Some(source.ip),
+            ))?;
+            return Ok(PinCheck::SourceBlocked { until });
+        }
         if let Some(until) = self.pin_lockout(conference, now)? {
             return Ok(PinCheck::Locked { until });
         }
@@ -1011,6 +1145,36 @@ impl Store {
         }
         let outcome = self.record_pin_failure(conference, source, now)?;
         Ok(PinCheck::Wrong(outcome))
+    }
+
+    /// Counts a PIN verification from `source` as under way, unless the source is blocked or
+    /// its recorded failures plus those under way reach its limit (`None`). The count drops
+    /// when the returned guard does, after the failure (if any) is recorded.
+    fn reserve_pin_check(
+        &self,
+        source: &SourceKey,
+        now: SystemTime,
+    ) -> Result<Option<PinCheckGuard<'_>>, StoreError> {
+        if self.source_blocked(source, now).is_some() {
+            return Ok(None);
+        }
+        let limit = self.policy.source_max_pin_failures;
+        let mut in_flight = self
+            .pins_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let under_way = in_flight.get(source).copied().unwrap_or(0);
+        if limit > 0 {
+            let (pins, _) = self.load_source(source, now)?;
+            if pins.count().saturating_add(under_way) >= limit {
+                return Ok(None);
+            }
+        }
+        in_flight.insert(source.clone(), under_way + 1);
+        Ok(Some(PinCheckGuard {
+            store: self,
+            source: source.clone(),
+        }))
     }
 
     /// Until when organizer PIN entry for `conference` is locked, if it is locked at `now`.
@@ -1054,13 +1218,267 @@ impl Store {
         Ok(removed)
     }
 
-    /// Wrong PINs from `source` within the policy's source window before `now` (issue 7's
-    /// per-source limits read this). IPv4-mapped IPv6 addresses count as their IPv4 address.
-    pub fn source_failures(&self, source: IpAddr, now: SystemTime) -> Result<u32, StoreError> {
-        let key = source.to_canonical().to_string();
-        let mut failures = load_failures_plain(self.source_failures.get(key)?)?;
-        failures.prune(now, self.policy.source_window);
-        Ok(failures.count())
+    /// Failures from `source` within the policy's source window before `now`.
+    pub fn source_failures(
+        &self,
+        source: &SourceKey,
+        now: SystemTime,
+    ) -> Result<SourceFailures, StoreError> {
+        let (pins, ids) = self.load_source(source, now)?;
+        Ok(SourceFailures {
+            pins: pins.count(),
+            conference_ids: ids.count(),
+        })
+    }
+
+    // ---- per-source limits (issue 7) ------------------------------------------------------
+
+    /// Counts one unknown or invalid conference ID keyed in from `source` at `now`, and
+    /// audits it as [`audit::CONFERENCE_ID_FAILURE`] with only the entry's length (`digits`):
+    /// never the digits, which may be a PIN keyed at the wrong prompt. The failure that
+    /// takes the source to [`LockoutPolicy::source_max_id_failures`] blocks it
+    /// ([`audit::SOURCE_BLOCK`]). Returns until when the source is blocked, if it is now.
+    /// Blocking (fsync).
+    pub fn record_conference_id_failure(
+        &self,
+        source: &Source,
+        digits: usize,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        let policy = self.policy;
+        let limit = policy.source_max_id_failures;
+        let key = source.key.to_string();
+        (&self.source_id_failures, &self.audit).transaction(|(ids_tx, audit_tx)| {
+            let mut failures = load_failures(ids_tx.get(&key)?)?;
+            failures.record(now, policy.source_window);
+            ids_tx.insert(key.as_bytes(), encode(&failures))?;
+            let count = failures.count();
+            let append = |action: &'static str, actor: &str, outcome: String| {
+                let entry = AuditEntry::new(now, actor, action, &key, outcome, Some(source.ip));
+                let id = audit_tx.generate_id()?.to_be_bytes();
+                audit_tx.insert(&id, encode(&entry))?;
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            };
+            let of = if limit == 0 {
+                "no limit".to_string()
+            } else {
+                format!(
+                    "{count} of {limit} allowed within {}",
+                    window_text(policy.source_window)
+                )
+            };
+            append(
+                audit::CONFERENCE_ID_FAILURE,
+                audit::ACTOR_CALLER,
+                format!("unknown conference ID ({digits} digits); {of}"),
+            )?;
+            if limit > 0 && count == limit {
+                let until = failures
+                    .blocked_until(limit, policy.source_window)
+                    .unwrap_or(now + policy.source_window);
+                append(
+                    audit::SOURCE_BLOCK,
+                    audit::ACTOR_SYSTEM,
+                    format!(
+                        "source blocked until {} after {count} unknown conference IDs within {}",
+                        format_utc(until),
+                        window_text(policy.source_window)
+                    ),
+                )?;
+            }
+            Ok(())
+        })?;
+        self.persist()?;
+        self.refresh_block(&source.key, now)
+    }
+
+    /// Until when `source` is blocked, if it is at `now`. A map look-up (no I/O), so the
+    /// signalling task may call it for every new call.
+    pub fn source_blocked(&self, source: &SourceKey, now: SystemTime) -> Option<SystemTime> {
+        let mut blocks = self.blocks();
+        match blocks.get(source) {
+            Some(memo) if memo.until > now => Some(memo.until),
+            Some(_) => {
+                blocks.remove(source);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Decides the fate of a new call from `source` (no I/O: for the signalling task): `None`
+    /// lets it in; a [`CallRefusal`] means answer `403`. Refusals are counted; the first in
+    /// each source window carries an audit entry, so a flood of calls from a blocked source
+    /// costs at most one audit write per window.
+    pub fn refuse_call(&self, source: &Source, now: SystemTime) -> Option<CallRefusal> {
+        let window = self.policy.source_window;
+        let mut blocks = self.blocks();
+        let memo = blocks.get_mut(&source.key)?;
+        if memo.until <= now {
+            blocks.remove(&source.key);
+            return None;
+        }
+        memo.refused += 1;
+        let due = memo
+            .audited_at
+            .is_none_or(|at| now.duration_since(at).unwrap_or_default() >= window);
+        let audit = due.then(|| {
+            let unaudited = memo.refused - memo.refused_at_audit;
+            memo.audited_at = Some(now);
+            memo.refused_at_audit = memo.refused;
+            AuditEntry::new(
+                now,
+                audit::ACTOR_SYSTEM,
+                audit::SOURCE_REFUSED,
+                source.key.to_string(),
+                format!(
+                    "new call refused (403) while blocked until {}; {unaudited} refused since the last entry, {} in all (further refusals within {} are counted, not audited)",
+                    format_utc(memo.until),
+                    memo.refused,
+                    window_text(window)
+                ),
+                Some(source.ip),
+            )
+        });
+        Some(CallRefusal {
+            until: memo.until,
+            audit,
+        })
+    }
+
+    /// Every source blocked at `now`, ordered by key, read from the durable trees.
+    pub fn source_blocks(&self, now: SystemTime) -> Result<Vec<SourceBlock>, StoreError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for tree in [&self.source_failures, &self.source_id_failures] {
+            for kv in tree.iter() {
+                keys.insert(kv?.0);
+            }
+        }
+        let mut blocked = Vec::new();
+        for key in keys {
+            let text = String::from_utf8_lossy(&key);
+            let Ok(source) = text.parse::<SourceKey>() else {
+                continue;
+            };
+            let (pins, ids) = self.load_source(&source, now)?;
+            if let Some((reason, failures, limit, until)) = self.block_of(&pins, &ids) {
+                let refused_calls = self.blocks().get(&source).map_or(0, |m| m.refused);
+                blocked.push(SourceBlock {
+                    source,
+                    reason,
+                    failures,
+                    limit,
+                    until,
+                    refused_calls,
+                });
+            }
+        }
+        Ok(blocked)
+    }
+
+    /// Forgets every failure counted for `source`, which unblocks it (an administrator who
+    /// unblocks means "let them try again"). Returns whether it was blocked at `now`. The
+    /// caller audits it, with its actor.
+    pub fn clear_source_block(
+        &self,
+        source: &SourceKey,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let (pins, ids) = self.load_source(source, now)?;
+        let was_blocked = self.block_of(&pins, &ids).is_some();
+        let key = source.to_string();
+        (&self.source_failures, &self.source_id_failures).transaction(
+            |(pin_tx, id_tx)| -> TxResult<()> {
+                pin_tx.remove(key.as_bytes())?;
+                id_tx.remove(key.as_bytes())?;
+                Ok(())
+            },
+        )?;
+        self.persist()?;
+        self.blocks().remove(source);
+        Ok(was_blocked)
+    }
+
+    /// The source's two failure lists, pruned to the window at `now`.
+    fn load_source(
+        &self,
+        source: &SourceKey,
+        now: SystemTime,
+    ) -> Result<(Failures, Failures), StoreError> {
+        let key = source.to_string();
+        let mut pins = load_failures_plain(self.source_failures.get(&key)?)?;
+        let mut ids = load_failures_plain(self.source_id_failures.get(&key)?)?;
+        pins.prune(now, self.policy.source_window);
+        ids.prune(now, self.policy.source_window);
+        Ok((pins, ids))
+    }
+
+    /// Whether failure lists (already pruned) put a source over a limit, and which one
+    /// holds it longest: (reason, failures, limit, until).
+    fn block_of(
+        &self,
+        pins: &Failures,
+        ids: &Failures,
+    ) -> Option<(BlockReason, u32, u32, SystemTime)> {
+        let p = self.policy;
+        [
+            (BlockReason::PinFailures, pins, p.source_max_pin_failures),
+            (
+                BlockReason::ConferenceIdFailures,
+                ids,
+                p.source_max_id_failures,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(reason, list, limit)| {
+            let until = list.blocked_until(limit, p.source_window)?;
+            Some((reason, list.count(), limit, until))
+        })
+        .max_by_key(|b| b.3)
+    }
+
+    /// Re-reads one source's lists into the block mirror; returns its block's end, if any.
+    fn refresh_block(
+        &self,
+        source: &SourceKey,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        let (pins, ids) = self.load_source(source, now)?;
+        let until = self.block_of(&pins, &ids).map(|b| b.3);
+        let mut blocks = self.blocks();
+        match until {
+            Some(until) => {
+                let memo = blocks.entry(source.clone()).or_default();
+                memo.until = memo.until.max(until);
+            }
+            None => {
+                blocks.remove(source);
+            }
+        }
+        Ok(until)
+    }
+
+    /// Builds the block mirror from the trees (at open and on a policy change).
+    fn rebuild_blocks(&self, now: SystemTime) -> Result<(), StoreError> {
+        let fresh: HashMap<SourceKey, BlockMemo> = self
+            .source_blocks(now)?
+            .into_iter()
+            .map(|b| {
+                let memo = BlockMemo {
+                    until: b.until,
+                    ..BlockMemo::default()
+                };
+                (b.source, memo)
+            })
+            .collect();
+        *self.blocks() = fresh;
+        Ok(())
+    }
+
+    fn blocks(&self) -> std::sync::MutexGuard<'_, HashMap<SourceKey, BlockMemo>> {
+        self.blocks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Deletes expired lockouts and failure lists with nothing left in their window, so the
@@ -1083,6 +1501,7 @@ impl Store {
         for (tree, window) in [
             (&self.conference_failures, self.policy.window),
             (&self.source_failures, self.policy.source_window),
+            (&self.source_id_failures, self.policy.source_window),
         ] {
             for kv in tree.iter() {
                 let (key, value) = kv?;
@@ -1608,6 +2027,71 @@ impl Failures {
 
     fn count(&self) -> u32 {
         u32::try_from(self.0.len()).unwrap_or(u32::MAX)
+    }
+
+    /// With at least `limit` failures (already pruned to `window`), the time the count
+    /// drops below `limit` again: when the `limit`-th newest failure leaves the window.
+    /// `None` below the limit, or for a limit of 0 (no limit).
+    fn blocked_until(&self, limit: u32, window: Duration) -> Option<SystemTime> {
+        let limit = usize::try_from(limit).ok().filter(|l| *l > 0)?;
+        let first_needed = self.0.len().checked_sub(limit)?;
+        let at = UNIX_EPOCH + Duration::from_millis(self.0[first_needed]);
+        Some(at + window)
+    }
+}
+
+/// A PIN verification under way ([`Store::reserve_pin_check`]).
+struct PinCheckGuard<'a> {
+    store: &'a Store,
+    source: SourceKey,
+}
+
+impl Drop for PinCheckGuard<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .store
+            .pins_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A blocked source as the mirror holds it (`Store::blocks`).
+#[derive(Debug, Clone, Copy)]
+struct BlockMemo {
+    until: SystemTime,
+    /// New calls refused while blocked, and that count at the last audited refusal.
+    refused: u64,
+    refused_at_audit: u64,
+    audited_at: Option<SystemTime>,
+}
+
+impl Default for BlockMemo {
+    fn default() -> Self {
+        BlockMemo {
+            until: UNIX_EPOCH,
+            refused: 0,
+            refused_at_audit: 0,
+            audited_at: None,
+        }
+    }
+}
+
+/// "1 h", "10 min" or "90 s", for audit texts.
+fn window_text(window: Duration) -> String {
+    let secs = window.as_secs();
+    if secs.is_multiple_of(3600) && secs > 0 {
+        format!("{} h", secs / 3600)
+    } else if secs.is_multiple_of(60) && secs > 0 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
     }
 }
 
@@ -2140,7 +2624,7 @@ mod tests {
                 .unwrap();
             for _ in 0..5 {
                 store
-                    .record_pin_failure(&created.0.conference_id, ip(1), t0())
+                    .record_pin_failure(&created.0.conference_id, &ip(1).into(), t0())
                     .unwrap();
             }
             created
@@ -2161,7 +2645,13 @@ mod tests {
             store.pin_lockout(&user.conference_id, t0()).unwrap(),
             Some(t0() + LockoutPolicy::DEFAULT_LOCKOUT)
         );
-        assert_eq!(store.source_failures(ip(1), t0()).unwrap(), 5);
+        assert_eq!(
+            store
+                .source_failures(&SourceKey::Ip(ip(1)), t0())
+                .unwrap()
+                .pins,
+            5
+        );
         let before = store.audit_tail(100).unwrap();
         assert_eq!(before.len(), 6, "5 failures and 1 lockout");
         store
@@ -2276,7 +2766,7 @@ mod tests {
         let c = conf("5550123");
         for i in 1..=4u32 {
             let at = t0() + MIN * i;
-            let outcome = store.record_pin_failure(&c, ip(1), at).unwrap();
+            let outcome = store.record_pin_failure(&c, &ip(1).into(), at).unwrap();
             assert_eq!(
                 outcome,
                 FailureOutcome::Counted {
@@ -2288,7 +2778,7 @@ mod tests {
             assert_eq!(store.pin_lockout(&c, at).unwrap(), None);
         }
         let at = t0() + MIN * 5;
-        let outcome = store.record_pin_failure(&c, ip(2), at).unwrap();
+        let outcome = store.record_pin_failure(&c, &ip(2).into(), at).unwrap();
         let until = at + 15 * MIN;
         assert_eq!(
             outcome,
@@ -2316,11 +2806,13 @@ mod tests {
         let c = conf("5550123");
         // 0, 3, 6, 9 minutes: four failures.
         for m in [0u32, 3, 6, 9] {
-            store.record_pin_failure(&c, ip(1), t0() + MIN * m).unwrap();
+            store
+                .record_pin_failure(&c, &ip(1).into(), t0() + MIN * m)
+                .unwrap();
         }
         // At exactly 10 minutes the first one has left the window: still four.
         let outcome = store
-            .record_pin_failure(&c, ip(1), t0() + MIN * 10)
+            .record_pin_failure(&c, &ip(1).into(), t0() + MIN * 10)
             .unwrap();
         assert!(
             matches!(
@@ -2335,7 +2827,7 @@ mod tests {
         );
         // At 11 minutes: 3, 6, 9, 10, 11 are five within ten minutes.
         let outcome = store
-            .record_pin_failure(&c, ip(1), t0() + MIN * 11)
+            .record_pin_failure(&c, &ip(1).into(), t0() + MIN * 11)
             .unwrap();
         assert!(
             matches!(outcome, FailureOutcome::LockedOut { .. }),
@@ -2348,7 +2840,7 @@ mod tests {
         let (_dir, store) = open();
         let c = conf("5550123");
         for _ in 0..5 {
-            store.record_pin_failure(&c, ip(1), t0()).unwrap();
+            store.record_pin_failure(&c, &ip(1).into(), t0()).unwrap();
         }
         let until = t0() + 15 * MIN;
         let just_before = until - Duration::from_millis(1);
@@ -2356,7 +2848,7 @@ mod tests {
         assert_eq!(store.pin_lockout(&c, until).unwrap(), None);
         assert!(store.list_lockouts(until).unwrap().is_empty());
         // The failures that caused it are spent: a new failure starts a fresh count.
-        let outcome = store.record_pin_failure(&c, ip(1), until).unwrap();
+        let outcome = store.record_pin_failure(&c, &ip(1).into(), until).unwrap();
         assert!(
             matches!(
                 outcome,
@@ -2380,11 +2872,13 @@ mod tests {
         let (_dir, store) = open();
         let c = conf("5550123");
         for _ in 0..5 {
-            store.record_pin_failure(&c, ip(1), t0()).unwrap();
+            store.record_pin_failure(&c, &ip(1).into(), t0()).unwrap();
         }
         let until = t0() + 15 * MIN;
         for m in 1..=10u32 {
-            let outcome = store.record_pin_failure(&c, ip(1), t0() + MIN * m).unwrap();
+            let outcome = store
+                .record_pin_failure(&c, &ip(1).into(), t0() + MIN * m)
+                .unwrap();
             assert_eq!(
                 outcome,
                 FailureOutcome::AlreadyLocked {
@@ -2394,7 +2888,7 @@ mod tests {
             );
         }
         assert_eq!(store.pin_lockout(&c, t0() + 14 * MIN).unwrap(), Some(until));
-        let outcome = store.record_pin_failure(&c, ip(1), until).unwrap();
+        let outcome = store.record_pin_failure(&c, &ip(1).into(), until).unwrap();
         assert!(matches!(
             outcome,
             FailureOutcome::Counted { failures: 1, .. }
@@ -2406,16 +2900,16 @@ mod tests {
         let (_dir, store) = open();
         let c = conf("5550123");
         for _ in 0..5 {
-            store.record_pin_failure(&c, ip(1), t0()).unwrap();
+            store.record_pin_failure(&c, &ip(1).into(), t0()).unwrap();
         }
         assert!(store.clear_lockout(&c).unwrap());
         assert_eq!(store.pin_lockout(&c, t0()).unwrap(), None);
         assert!(!store.clear_lockout(&c).unwrap(), "nothing left to clear");
         for _ in 0..3 {
-            store.record_pin_failure(&c, ip(1), t0()).unwrap();
+            store.record_pin_failure(&c, &ip(1).into(), t0()).unwrap();
         }
         store.clear_lockout(&c).unwrap();
-        let outcome = store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        let outcome = store.record_pin_failure(&c, &ip(1).into(), t0()).unwrap();
         assert!(matches!(
             outcome,
             FailureOutcome::Counted { failures: 1, .. }
@@ -2425,43 +2919,270 @@ mod tests {
     #[test]
     fn failures_are_counted_per_source_across_conferences() {
         let (_dir, store) = open();
-        let a = ip(1);
-        let b = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        let a = Source::from(ip(1));
+        let b = Source::from(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)));
         for (i, id) in ["5550001", "5550002", "5550003"].iter().enumerate() {
             store
-                .record_pin_failure(&conf(id), a, t0() + MIN * i as u32)
+                .record_pin_failure(&conf(id), &a, t0() + MIN * i as u32)
                 .unwrap();
         }
-        store.record_pin_failure(&conf("5550001"), b, t0()).unwrap();
+        store
+            .record_pin_failure(&conf("5550001"), &b, t0())
+            .unwrap();
         let now = t0() + 3 * MIN;
-        assert_eq!(store.source_failures(a, now).unwrap(), 3);
-        assert_eq!(store.source_failures(b, now).unwrap(), 1);
-        assert_eq!(store.source_failures(ip(9), now).unwrap(), 0);
+        let pins = |s: &Source, at| store.source_failures(&s.key, at).unwrap().pins;
+        assert_eq!(pins(&a, now), 3);
+        assert_eq!(pins(&b, now), 1);
+        assert_eq!(pins(&Source::from(ip(9)), now), 0);
         // An IPv4-mapped IPv6 source is the same caller as its IPv4 address.
-        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
-        assert_eq!(store.source_failures(mapped, now).unwrap(), 3);
+        let mapped = Source::from(IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()));
+        assert_eq!(pins(&mapped, now), 3);
         let outcome = store
-            .record_pin_failure(&conf("5550009"), mapped, now)
+            .record_pin_failure(&conf("5550009"), &mapped, now)
             .unwrap();
         assert_eq!(outcome.source_failures(), 4);
         // The source window is an hour.
         let later = t0() + LockoutPolicy::DEFAULT_SOURCE_WINDOW + MIN;
-        assert_eq!(store.source_failures(a, later).unwrap(), 2);
-        assert_eq!(store.source_failures(b, later).unwrap(), 0);
+        assert_eq!(pins(&a, later), 2);
+        assert_eq!(pins(&b, later), 0);
+    }
+
+    // ---- per-source limits (issue 7) --------------------------------------------------------
+
+    fn small_limits(store: Store) -> Store {
+        store
+            .with_lockout_policy(LockoutPolicy {
+                source_max_pin_failures: 3,
+                source_max_id_failures: 4,
+                ..LockoutPolicy::default()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn wrong_pins_across_conferences_block_a_source_until_they_leave_the_window() {
+        let (_dir, store) = open();
+        let store = small_limits(store);
+        let a = Source::from(ip(1));
+        let b = Source::from(ip(2));
+        // Three wrong PINs, each for another conference, 10 minutes apart.
+        for i in 0..3u32 {
+            assert_eq!(store.source_blocked(&a.key, t0() + 10 * MIN * i), None);
+            let c = conf(&format!("555000{i}"));
+            store
+                .record_pin_failure(&c, &a, t0() + 10 * MIN * i)
+                .unwrap();
+        }
+        let until = t0() + LockoutPolicy::DEFAULT_SOURCE_WINDOW;
+        let now = t0() + 20 * MIN;
+        assert_eq!(store.source_blocked(&a.key, now), Some(until));
+        assert_eq!(
+            store.source_blocked(&b.key, now),
+            None,
+            "others are unaffected"
+        );
+        // The right PIN is refused unchecked (not even a wrong pepper is noticed), audited.
+        let (user, pin) = store
+            .create_organizer(new_user("a@example.com"), &pepper())
+            .unwrap();
+        let check = store
+            .check_organizer_pin(&user.conference_id, &pin, &other_pepper(), &a, now)
+            .unwrap();
+        assert_eq!(check, PinCheck::SourceBlocked { until });
+        let verified = store
+            .check_organizer_pin(&user.conference_id, &pin, &pepper(), &b, now)
+            .unwrap();
+        assert!(matches!(verified, PinCheck::Verified(_)));
+        let log = store.audit_tail(100).unwrap();
+        let actions: Vec<&str> = log.iter().map(AuditEntry::action).collect();
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| **a == audit::SOURCE_BLOCK)
+                .count(),
+            1
+        );
+        assert_eq!(*actions.last().unwrap(), audit::SOURCE_REFUSED);
+        let block = store.source_blocks(now).unwrap();
+        assert_eq!(
+            block,
+            [SourceBlock {
+                source: a.key.clone(),
+                reason: BlockReason::PinFailures,
+                failures: 3,
+                limit: 3,
+                until,
+                refused_calls: 0,
+            }]
+        );
+        // The oldest failure leaves the window at t0 + 1 h: one more try, then blocked again.
+        assert_eq!(store.source_blocked(&a.key, until - MIN), Some(until));
+        assert_eq!(store.source_blocked(&a.key, until), None);
+        assert!(store.source_blocks(until).unwrap().is_empty());
+        store
+            .record_pin_failure(&conf("5550009"), &a, until)
+            .unwrap();
+        assert_eq!(
+            store.source_blocked(&a.key, until),
+            Some(t0() + 10 * MIN + LockoutPolicy::DEFAULT_SOURCE_WINDOW)
+        );
+    }
+
+    #[test]
+    fn pin_checks_under_way_count_against_the_source_limit() {
+        let (_dir, store) = open();
+        let store = small_limits(store);
+        let a = SourceKey::Ip(ip(1));
+        for _ in 0..2 {
+            store
+                .record_pin_failure(&conf("5550001"), &ip(1).into(), t0())
+                .unwrap();
+        }
+        // 2 recorded + 1 under way = the limit of 3: a fourth concurrent check is refused.
+        let first = store.reserve_pin_check(&a, t0()).unwrap();
+        assert!(first.is_some());
+        assert!(store.reserve_pin_check(&a, t0()).unwrap().is_none());
+        assert!(
+            store
+                .reserve_pin_check(&SourceKey::Ip(ip(2)), t0())
+                .unwrap()
+                .is_some()
+        );
+        drop(first);
+        assert!(store.reserve_pin_check(&a, t0()).unwrap().is_some());
+    }
+
+    #[test]
+    fn failed_conference_ids_block_a_source_and_only_lengths_are_audited() {
+        let (_dir, store) = open();
+        let store = small_limits(store);
+        let a = Source::from(ip(1));
+        for i in 0..3u32 {
+            let blocked = store
+                .record_conference_id_failure(&a, 7, t0() + MIN * i)
+                .unwrap();
+            assert_eq!(blocked, None);
+        }
+        let blocked = store
+            .record_conference_id_failure(&a, 3, t0() + 3 * MIN)
+            .unwrap();
+        assert_eq!(blocked, Some(t0() + LockoutPolicy::DEFAULT_SOURCE_WINDOW));
+        let counts = store.source_failures(&a.key, t0() + 3 * MIN).unwrap();
+        assert_eq!(
+            counts,
+            SourceFailures {
+                pins: 0,
+                conference_ids: 4
+            }
+        );
+        let log = store.audit_tail(100).unwrap();
+        assert_eq!(log.len(), 5, "4 failures and the block");
+        assert_eq!(log[0].action(), audit::CONFERENCE_ID_FAILURE);
+        assert_eq!(
+            log[0].outcome(),
+            "unknown conference ID (7 digits); 1 of 4 allowed within 1 h"
+        );
+        assert_eq!(log[4].action(), audit::SOURCE_BLOCK);
+        assert_eq!(log[4].target(), "192.0.2.1");
+        assert_eq!(log[4].source(), Some(ip(1)));
+        let blocks = store.source_blocks(t0() + 3 * MIN).unwrap();
+        assert_eq!(blocks[0].reason, BlockReason::ConferenceIdFailures);
+    }
+
+    #[test]
+    fn refused_calls_are_audited_once_per_window_and_counted() {
+        let (_dir, store) = open();
+        let store = small_limits(store);
+        let a = Source::from(ip(1));
+        assert_eq!(store.refuse_call(&a, t0()), None);
+        for i in 0..4 {
+            store
+                .record_conference_id_failure(&a, 7, t0() + MIN * i)
+                .unwrap();
+        }
+        let now = t0() + 5 * MIN;
+        let first = store.refuse_call(&a, now).unwrap();
+        let entry = first.audit.expect("the first refusal is audited");
+        assert_eq!(entry.action(), audit::SOURCE_REFUSED);
+        assert!(entry.outcome().contains("1 in all"), "{}", entry.outcome());
+        for n in 1..1000u32 {
+            let r = store
+                .refuse_call(&a, now + Duration::from_millis(u64::from(n)))
+                .unwrap();
+            assert_eq!(r.audit, None, "a flood is counted, not audited");
+        }
+        assert_eq!(store.source_blocks(now).unwrap()[0].refused_calls, 1000);
+        assert_eq!(store.refuse_call(&Source::from(ip(2)), now), None);
+        // Blocked until t0 + 1 h; a call then goes in.
+        assert_eq!(
+            store.refuse_call(&a, t0() + LockoutPolicy::DEFAULT_SOURCE_WINDOW),
+            None
+        );
+    }
+
+    #[test]
+    fn blocks_survive_a_restart_and_clearing_forgets_the_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let caller = Source {
+            ip: ip(7),
+            key: SourceKey::Caller("+15551234".into()),
+        };
+        let now = SystemTime::now();
+        {
+            let store = small_limits(Store::open(dir.path()).unwrap());
+            for _ in 0..3 {
+                store
+                    .record_pin_failure(&conf("5550001"), &caller, now)
+                    .unwrap();
+            }
+            assert!(store.source_blocked(&caller.key, now).is_some());
+            assert_eq!(
+                store.source_blocked(&SourceKey::Ip(ip(7)), now),
+                None,
+                "not the trunk"
+            );
+        }
+        let store = small_limits(Store::open(dir.path()).unwrap());
+        assert!(store.source_blocked(&caller.key, now).is_some());
+        assert!(store.refuse_call(&caller, now).is_some());
+        assert!(store.clear_source_block(&caller.key, now).unwrap());
+        assert_eq!(store.source_blocked(&caller.key, now), None);
+        assert_eq!(
+            store.source_failures(&caller.key, now).unwrap(),
+            SourceFailures::default()
+        );
+        assert!(!store.clear_source_block(&caller.key, now).unwrap());
+        // A limit of 0 is no limit; a stricter policy on restart blocks at once.
+        let lax = store
+            .with_lockout_policy(LockoutPolicy {
+                source_max_pin_failures: 0,
+                ..LockoutPolicy::default()
+            })
+            .unwrap();
+        for _ in 0..20 {
+            lax.record_pin_failure(&conf("5550002"), &caller, now)
+                .unwrap();
+        }
+        assert_eq!(lax.source_blocked(&caller.key, now), None);
+        let strict = small_limits(lax);
+        assert!(strict.source_blocked(&caller.key, now).is_some());
     }
 
     #[test]
     fn the_policy_is_configurable() {
         let (_dir, store) = open();
-        let store = store.with_lockout_policy(LockoutPolicy {
-            max_failures: 2,
-            window: MIN,
-            lockout: 2 * MIN,
-            source_window: MIN,
-        });
+        let store = store
+            .with_lockout_policy(LockoutPolicy {
+                max_failures: 2,
+                window: MIN,
+                lockout: 2 * MIN,
+                source_window: MIN,
+                ..LockoutPolicy::default()
+            })
+            .unwrap();
         let c = conf("5550123");
-        store.record_pin_failure(&c, ip(1), t0()).unwrap();
-        let outcome = store.record_pin_failure(&c, ip(1), t0()).unwrap();
+        store.record_pin_failure(&c, &ip(1).into(), t0()).unwrap();
+        let outcome = store.record_pin_failure(&c, &ip(1).into(), t0()).unwrap();
         assert_eq!(outcome.locked_until(), Some(t0() + 2 * MIN));
     }
 
@@ -2469,15 +3190,21 @@ mod tests {
     fn prune_removes_only_what_has_expired() {
         let (_dir, store) = open();
         store
-            .record_pin_failure(&conf("5550001"), ip(1), t0())
+            .record_pin_failure(&conf("5550001"), &ip(1).into(), t0())
             .unwrap();
         store
-            .record_pin_failure(&conf("5550002"), ip(2), t0() + 30 * MIN)
+            .record_pin_failure(&conf("5550002"), &ip(2).into(), t0() + 30 * MIN)
             .unwrap();
         // At +35 min: conference 5550001's failure (10-min window) has expired; both
         // sources are within their hour.
         assert_eq!(store.prune_expired(t0() + 35 * MIN).unwrap(), 1);
-        assert_eq!(store.source_failures(ip(1), t0() + 35 * MIN).unwrap(), 1);
+        assert_eq!(
+            store
+                .source_failures(&SourceKey::Ip(ip(1)), t0() + 35 * MIN)
+                .unwrap()
+                .pins,
+            1
+        );
         assert_eq!(store.conference_failures.len(), 1);
     }
 
@@ -2488,7 +3215,9 @@ mod tests {
         let (_dir, store) = open();
         let c = conf("5550123");
         for i in 0..5u32 {
-            store.record_pin_failure(&c, ip(1), t0() + MIN * i).unwrap();
+            store
+                .record_pin_failure(&c, &ip(1).into(), t0() + MIN * i)
+                .unwrap();
         }
         let tail = store.audit_tail(3).unwrap();
         let actions: Vec<_> = tail.iter().map(AuditEntry::action).collect();
@@ -2531,7 +3260,7 @@ mod tests {
         let (_, new_pin) = store.reset_pin(&user.id, &pepper()).unwrap();
         for _ in 0..5 {
             store
-                .record_pin_failure(&user.conference_id, ip(1), t0())
+                .record_pin_failure(&user.conference_id, &ip(1).into(), t0())
                 .unwrap();
         }
         let entries = store.audit_tail(1000).unwrap();
@@ -2563,7 +3292,7 @@ mod tests {
         let c = &user.conference_id;
         let check = |p: &Pin, at| {
             store
-                .check_organizer_pin(c, p, &pepper(), ip(1), at)
+                .check_organizer_pin(c, p, &pepper(), &ip(1).into(), at)
                 .unwrap()
         };
         assert_eq!(check(&pin, t0()), PinCheck::Verified(user.clone()));
@@ -2589,12 +3318,12 @@ mod tests {
         assert_eq!(check(&pin, t0()), PinCheck::Locked { until });
         assert!(matches!(check(&pin, until), PinCheck::Verified(_)));
         let unknown = store
-            .check_organizer_pin(&conf("1000000"), &pin, &pepper(), ip(1), t0())
+            .check_organizer_pin(&conf("1000000"), &pin, &pepper(), &ip(1).into(), t0())
             .unwrap();
         assert_eq!(unknown, PinCheck::UnknownConference);
         // A wrong pepper never verifies.
         let other = store
-            .check_organizer_pin(c, &pin, &other_pepper(), ip(1), until)
+            .check_organizer_pin(c, &pin, &other_pepper(), &ip(1).into(), until)
             .unwrap();
         assert!(matches!(other, PinCheck::Wrong(_)));
     }
@@ -2611,10 +3340,13 @@ mod tests {
             .insert(user.id.0.as_bytes(), encode(&user))
             .unwrap();
         let check = store
-            .check_organizer_pin(&user.conference_id, &pin, &pepper(), ip(1), t0())
+            .check_organizer_pin(&user.conference_id, &pin, &pepper(), &ip(1).into(), t0())
             .unwrap();
         assert_eq!(check, PinCheck::Disabled);
-        assert_eq!(store.source_failures(ip(1), t0()).unwrap(), 0);
+        assert_eq!(
+            store.source_failures(&SourceKey::Ip(ip(1)), t0()).unwrap(),
+            SourceFailures::default()
+        );
     }
 
     // ---- admin edits (issue 5) ----

@@ -443,6 +443,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/users/{id}/reset-conference-id"),
     ("get", "/api/lockouts"),
     ("delete", "/api/lockouts/{conference_id}"),
+    ("get", "/api/source-blocks"),
+    ("delete", "/api/source-blocks/{source}"),
     ("get", "/api/settings"),
     ("patch", "/api/settings"),
     ("get", "/api/audit"),
@@ -486,7 +488,8 @@ fn the_openapi_document_is_openapi_3_and_lists_every_route() {
     for (method, path) in &listed {
         let concrete = path
             .replace("{id}", "ghost@contoso.com")
-            .replace("{conference_id}", "1234567");
+            .replace("{conference_id}", "1234567")
+            .replace("{source}", "192.0.2.1");
         let body = matches!(method.as_str(), "post" | "patch").then(|| json!({}));
         let a = admin(&server, &method.to_uppercase(), &concrete, body);
         let kind = a.body.get("type").and_then(Value::as_str).unwrap_or("");

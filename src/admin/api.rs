@@ -260,6 +260,11 @@ pub fn router_with(state: ApiState, extra: Router<ApiState>) -> Router {
             "/api/lockouts/{conference_id}",
             axum::routing::delete(clear_lockout),
         )
+        .route("/api/source-blocks", get(list_source_blocks))
+        .route(
+            "/api/source-blocks/{source}",
+            axum::routing::delete(clear_source_block),
+        )
         .route("/api/settings", get(get_settings).patch(update_settings))
         .route("/api/audit", get(get_audit))
         .route("/api/emails", get(list_emails))
@@ -485,6 +490,20 @@ async fn clear_lockout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn list_source_blocks(State(s): State<Service>) -> ApiResult<Response> {
+    let blocked = blocking(move || s.source_blocks(SystemTime::now())).await?;
+    Ok(Json(blocked).into_response())
+}
+
+async fn clear_source_block(
+    State(s): State<Service>,
+    Extension(actor): Extension<Actor>,
+    Path(source): Path<String>,
+) -> ApiResult<StatusCode> {
+    blocking(move || s.clear_source_block(&actor, &source, SystemTime::now())).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn get_settings(State(s): State<Service>) -> ApiResult<Response> {
     let settings = blocking(move || s.settings()).await?;
     Ok(Json(settings).into_response())
@@ -611,6 +630,16 @@ pub fn openapi() -> Value {
                     "responses": {"204": {"description": "cleared"}, "400": problem("not a conference ID"),
                         "401": problem("no or wrong token"), "404": problem("not locked")}}
             },
+            "/api/source-blocks": {
+                "get": {"operationId": "listSourceBlocks", "summary": "Caller sources blocked for too many failed conference IDs or PINs",
+                    "responses": {"200": ok("blocked sources", array("SourceBlock")), "401": problem("no or wrong token")}}
+            },
+            "/api/source-blocks/{source}": {
+                "parameters": [{"name": "source", "in": "path", "required": true, "description": "an IP address, or caller:NUMBER for a caller through a trusted trunk (percent-encode + and :)", "schema": {"type": "string"}}],
+                "delete": {"operationId": "clearSourceBlock", "summary": "Unblock a source and forget its failures",
+                    "responses": {"204": {"description": "cleared"}, "400": problem("not a source"),
+                        "401": problem("no or wrong token"), "404": problem("not blocked")}}
+            },
             "/api/settings": {
                 "get": {"operationId": "getSettings", "summary": "Tenant settings",
                     "responses": {"200": ok("settings", schema("Settings")), "401": problem("no or wrong token")}},
@@ -660,6 +689,12 @@ pub fn openapi() -> Value {
                 "Lockout": {"type": "object", "required": ["conference_id", "until"], "properties": {
                     "conference_id": {"type": "string"}, "user_id": {"type": "string", "nullable": true},
                     "until": {"type": "string", "format": "date-time"}}},
+                "SourceBlock": {"type": "object", "required": ["source", "reason", "failures", "limit", "until", "refused_calls"], "properties": {
+                    "source": {"type": "string", "description": "IP address or caller:NUMBER"},
+                    "reason": {"type": "string", "enum": ["pin_failures", "conference_id_failures"]},
+                    "failures": {"type": "integer"}, "limit": {"type": "integer"},
+                    "until": {"type": "string", "format": "date-time"},
+                    "refused_calls": {"type": "integer", "description": "INVITEs answered 403 since the server started"}}},
                 "Settings": {"type": "object", "properties": {
                     "pin_length": {"type": "integer", "minimum": 4, "maximum": 12},
                     "allow_anonymous_start": {"type": "boolean"}, "organizers_require_pin": {"type": "boolean"},
@@ -741,6 +776,6 @@ mod tests {
     fn the_openapi_document_is_openapi_3() {
         let doc: openapiv3::OpenAPI = serde_json::from_value(openapi()).unwrap();
         assert!(doc.openapi.starts_with("3."));
-        assert_eq!(doc.paths.paths.len(), 11);
+        assert_eq!(doc.paths.paths.len(), 13);
     }
 }

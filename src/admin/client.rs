@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::api::AdminToken;
-use super::service::{AuditView, EmailOutcome, EmailView, LockoutView, UserView};
+use super::service::{AuditView, EmailOutcome, EmailView, LockoutView, SourceBlockView, UserView};
 
 /// How long one request may take (argon2 and fsync make writes take a moment, not more).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,6 +117,10 @@ pub enum AdminCommand {
     Lockouts,
     /// Clear the lockout of a conference.
     ClearLockout { conference_id: String },
+    /// List caller sources blocked for too many failed conference IDs or PINs.
+    SourceBlocks,
+    /// Unblock a caller source (an IP address, or caller:NUMBER) and forget its failures.
+    ClearSourceBlock { source: String },
     /// Tenant settings.
     #[command(subcommand)]
     Settings(SettingsCommand),
@@ -417,6 +421,42 @@ fn call(client: &Client, command: &AdminCommand) -> Result<(Value, String), Clie
                 v,
                 format!("lockout of conference {conference_id} cleared\n"),
             )
+        }
+        C::SourceBlocks => {
+            let v = client.request("GET", "/api/source-blocks", None)?;
+            let blocked: Vec<SourceBlockView> = parse(&v)?;
+            let mut rows = vec![vec![
+                "SOURCE".to_string(),
+                "REASON".to_string(),
+                "FAILURES".to_string(),
+                "BLOCKED UNTIL".to_string(),
+                "REFUSED CALLS".to_string(),
+            ]];
+            rows.extend(blocked.iter().map(|b| {
+                let reason = match b.reason {
+                    crate::store::BlockReason::PinFailures => "wrong PINs",
+                    crate::store::BlockReason::ConferenceIdFailures => "unknown conference IDs",
+                };
+                vec![
+                    b.source.clone(),
+                    reason.to_string(),
+                    format!("{}/{}", b.failures, b.limit),
+                    b.until.clone(),
+                    b.refused_calls.to_string(),
+                ]
+            }));
+            let human = if blocked.is_empty() {
+                "no source is blocked\n".to_string()
+            } else {
+                table(&rows)
+            };
+            (v, human)
+        }
+        C::ClearSourceBlock { source } => {
+            let path = format!("/api/source-blocks/{}", encode_segment(source));
+            client.request("DELETE", &path, None)?;
+            let v = json!({"source": source, "cleared": true});
+            (v, format!("source {source} unblocked\n"))
         }
         C::Settings(SettingsCommand::Show) => {
             let v = client.request("GET", "/api/settings", None)?;

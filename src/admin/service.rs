@@ -231,6 +231,22 @@ pub struct LockoutView {
     pub until: String,
 }
 
+/// A caller source over a per-source failure limit (issue 7).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SourceBlockView {
+    /// An IP address, or `caller:NUMBER` for a caller through a trusted trunk.
+    pub source: String,
+    /// `pin_failures` or `conference_id_failures`.
+    pub reason: crate::store::BlockReason,
+    /// Failures of that kind in the window, and the limit.
+    pub failures: u32,
+    pub limit: u32,
+    /// RFC 3339 UTC: when the source may call again unless it is cleared.
+    pub until: String,
+    /// New calls answered `403` since the server started.
+    pub refused_calls: u64,
+}
+
 /// One audit entry.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct AuditView {
@@ -572,6 +588,61 @@ impl Service {
         Ok(())
     }
 
+    // ---- per-source blocks (issue 7) ------------------------------------------------------
+
+    /// Caller sources blocked at `now` for too many failed conference IDs or PINs.
+    pub fn source_blocks(&self, now: SystemTime) -> Result<Vec<SourceBlockView>, AdminError> {
+        Ok(self
+            .store
+            .source_blocks(now)?
+            .into_iter()
+            .map(|b| SourceBlockView {
+                source: b.source.to_string(),
+                reason: b.reason,
+                failures: b.failures,
+                limit: b.limit,
+                until: store::format_utc(b.until),
+                refused_calls: b.refused_calls,
+            })
+            .collect())
+    }
+
+    /// Unblocks `source` (an IP address or `caller:NUMBER`) and forgets its counted failures.
+    /// A source that is not blocked is not found.
+    pub fn clear_source_block(
+        &self,
+        actor: &Actor,
+        source: &str,
+        now: SystemTime,
+    ) -> Result<(), AdminError> {
+        let result = self.clear_source_block_inner(source, now);
+        self.audited(
+            actor,
+            audit::SOURCE_BLOCK_CLEAR,
+            source,
+            now,
+            result,
+            |()| "source block cleared".to_string(),
+        )
+    }
+
+    fn clear_source_block_inner(&self, source: &str, now: SystemTime) -> Result<(), AdminError> {
+        let key = source
+            .parse::<crate::source::SourceKey>()
+            .map_err(AdminError::BadRequest)?;
+        if self.store.source_blocked(&key, now).is_none()
+            && !self
+                .store
+                .source_blocks(now)?
+                .iter()
+                .any(|b| b.source == key)
+        {
+            return Err(AdminError::NotFound(format!("source {key} is not blocked")));
+        }
+        self.store.clear_source_block(&key, now)?;
+        Ok(())
+    }
+
     // ---- tenant settings ------------------------------------------------------------------
 
     pub fn settings(&self) -> Result<TenantSettings, AdminError> {
@@ -774,7 +845,7 @@ mod tests {
                 &ConferenceId(user.conference_id.clone()),
                 pin,
                 &s.pepper,
-                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+                &IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)).into(),
                 t0(),
             )
             .unwrap()
@@ -1092,7 +1163,9 @@ mod tests {
         let conf = ConferenceId(e.user.conference_id.clone());
         let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
         for _ in 0..5 {
-            s.store.record_pin_failure(&conf, src, t0()).unwrap();
+            s.store
+                .record_pin_failure(&conf, &src.into(), t0())
+                .unwrap();
         }
         let locked = s.lockouts(t0()).unwrap();
         assert_eq!(locked.len(), 1);

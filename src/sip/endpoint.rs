@@ -59,6 +59,9 @@ pub struct IncomingCall {
     /// The caller withheld their identity (RFC 3323 `Privacy: id`, or an `anonymous` user or
     /// `anonymous.invalid` host, RFC 3261 §8.1.1.3).
     pub anonymous: bool,
+    /// The user part of the first P-Asserted-Identity (RFC 3325), %-decoded, if any: the
+    /// caller's number as a trusted trunk asserts it (see `crate::source`).
+    pub asserted_user: Option<String>,
 }
 
 /// Why a leg ended.
@@ -308,7 +311,7 @@ impl Endpoint {
                     // Checked on arrival; only reachable if the offer changed meaning.
                     let status = e.sip_status();
                     let warning = e.warning();
-                    self.finish_offered(now, leg_id, status, &warning);
+                    self.finish_offered(now, leg_id, status, &warning, None);
                     return;
                 }
             }
@@ -345,7 +348,28 @@ impl Endpoint {
             .get(&leg)
             .is_some_and(|l| l.state == LegState::Offered)
         {
-            self.finish_offered(now, leg, status, reason);
+            self.finish_offered(now, leg, status, reason, None);
+        }
+    }
+
+    /// Like [`Endpoint::reject`], with a `Warning` (RFC 3261 §20.43, code 399
+    /// "miscellaneous") whose text says why, for refusals a person should understand from a
+    /// trace (a blocked source's `403`). `text` must not contain `"`.
+    pub fn reject_with_warning(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        status: u16,
+        reason: &str,
+        text: &str,
+    ) {
+        if self
+            .legs
+            .get(&leg)
+            .is_some_and(|l| l.state == LegState::Offered)
+        {
+            let warning = format!("399 pinbridge \"{}\"", text.replace('"', "'"));
+            self.finish_offered(now, leg, status, reason, Some(warning));
         }
     }
 
@@ -556,6 +580,7 @@ impl Endpoint {
             request_uri: req.uri.clone(),
             source: source.clone(),
             anonymous,
+            asserted_user: asserted_user(&req),
         };
         self.legs.insert(
             leg_id,
@@ -842,7 +867,7 @@ impl Endpoint {
         match leg.state {
             LegState::Offered => {
                 let (status, text) = (480, "Temporarily Unavailable");
-                self.finish_offered(now, leg_id, status, text);
+                self.finish_offered(now, leg_id, status, text, None);
             }
             LegState::Answered | LegState::Confirmed => {
                 leg.state = LegState::Terminating;
@@ -872,9 +897,19 @@ impl Endpoint {
     }
 
     /// Sends a final non-2xx to an INVITE still being decided, and ends the leg.
-    fn finish_offered(&mut self, now: Instant, leg_id: LegId, status: u16, reason: &str) {
+    fn finish_offered(
+        &mut self,
+        now: Instant,
+        leg_id: LegId,
+        status: u16,
+        reason: &str,
+        warning: Option<String>,
+    ) {
         let leg = &self.legs[&leg_id];
-        let resp = self.response(&leg.invite, status, reason, Some(&leg.local_tag));
+        let mut resp = self.response(&leg.invite, status, reason, Some(&leg.local_tag));
+        if let Some(warning) = warning {
+            resp = resp.with_header("Warning", warning);
+        }
         let key = leg.invite_key.clone();
         self.respond_invite(now, &key, resp.to_bytes(), status);
         self.end_leg(leg_id, EndReason::Rejected(status));
@@ -1242,6 +1277,16 @@ fn response_peer(req: &Request, source: &Peer) -> Peer {
 /// `Warning: <code> pinbridge "<text>"` for an offer we refuse (RFC 3261 §20.43).
 fn warning(e: &sdp::SdpError) -> String {
     format!("{} pinbridge \"{}\"", e.warn_code(), e.warning())
+}
+
+/// The user part of the first P-Asserted-Identity value (RFC 3325 §9.1; a second value may
+/// add a tel URI for the same caller). An unparseable header is as good as none.
+fn asserted_user(req: &Request) -> Option<String> {
+    let value = req.headers.get("P-Asserted-Identity")?;
+    let first = NameAddr::parse(value)
+        .ok()
+        .or_else(|| NameAddr::parse(value.split(',').next()?).ok())?;
+    first.uri.user_unescaped()
 }
 
 fn is_anonymous(req: &Request) -> bool {

@@ -17,9 +17,9 @@
 //! an admin request, a TLS handshake), and a task shares its runtime thread with all of
 //! that. A worker sleeps on its command channel until its next slot (`recv_timeout`, a
 //! futex with a high-resolution timeout, not tokio's 1 ms timer wheel), and reads its
-//! non-blocking sockets without a readiness registry: each slot's calls are read until
-//! `WouldBlock`, which is the same two `recvfrom` calls per packet an edge-triggered epoll
-//! loop makes, minus the `epoll_wait`.
+//! non-blocking sockets without a readiness registry: each slot's calls are read with one
+//! `recvmmsg` per socket per tick, which returns whatever is queued (an edge-triggered epoll
+//! loop needs an `epoll_wait`, the read, and a second read that says `EAGAIN`).
 //!
 //! Time slots: the 20 ms period is cut into `SLOTS` slots of `SLOT_TICK` (2 ms), on one grid
 //! shared by every worker (the engine's start instant). Each call belongs to a slot — the
@@ -27,8 +27,8 @@
 //! 10 ms of the answer), kept for its life, across workers too — and
 //! its frame clock is phase-shifted into it ([`CallMedia::set_frame_origin`]), so its frames
 //! fall due at `slot start + k × 20 ms`, exactly 20 ms apart. A worker wakes at every slot
-//! start and serves only that slot's calls: drains their sockets (`recv_from` until
-//! `WouldBlock`), feeds the datagrams to their `CallMedia`s, and sends the frames that are
+//! start and serves only that slot's calls: drains their sockets (one `recvmmsg` each, see
+//! [`super::recv_batch`]), feeds the datagrams to their `CallMedia`s, and sends the frames that are
 //! due (`send_to`). Sending every call's packet on one 20 ms tick made the last of a few
 //! thousand calls several milliseconds late, every frame; now a tick has a tenth of them.
 //!
@@ -75,6 +75,7 @@ use super::dtmf::rfc4733::EventReceiver;
 use super::dtmf::{Digit, DtmfMethod};
 use super::mixer::Mixer;
 use super::player::{Clip, PlayMode, Playback};
+use super::recv_batch::RecvBatch;
 use super::rtp::{
     FRAME_TIMESTAMP_STEP, Latch, MAX_PACKET_LEN, PortPool, PortPoolError, RtpPacket, RtpSender,
 };
@@ -97,8 +98,6 @@ const SOON_SLOTS: usize = 5;
 const MAX_DATAGRAMS_PER_TICK: usize = 32;
 /// Ports tried by one `open` when other processes hold some of the range.
 const MAX_BIND_ATTEMPTS: usize = 16;
-/// Receive buffer per worker: larger than any RTP packet that fits an Ethernet MTU.
-const RECV_BUF_LEN: usize = 2048;
 /// Audio a meeting participant has sent and the mixer has not yet taken: three frames. A
 /// burst beyond it (a peer catching up after a stall) drops the oldest audio, so the delay a
 /// participant adds to the mix stays bounded.
@@ -964,7 +963,6 @@ impl Engine {
                     pool: pool.clone(),
                     counters: counters.clone(),
                     events: events.clone(),
-                    recv_buf: Box::new([0; RECV_BUF_LEN]),
                     send_buf: [0; MAX_PACKET_LEN],
                     failed: Vec::new(),
                 };
@@ -1302,7 +1300,6 @@ struct Worker {
     pool: Arc<Mutex<PortPool>>,
     counters: Arc<WorkerCounters>,
     events: mpsc::UnboundedSender<MediaEvent>,
-    recv_buf: Box<[u8; RECV_BUF_LEN]>,
     send_buf: [u8; MAX_PACKET_LEN],
     /// Sessions whose handling panicked in this tick, dropped at its end (kept to reuse the
     /// allocation: empty but for a panic).
@@ -1322,6 +1319,9 @@ struct Session {
 impl Worker {
     fn run(mut self, commands: channel::Receiver<Command>) {
         self.clock = SlotClock::new(self.clock.epoch, now());
+        // Made here: its buffers hold raw pointers, so it is not `Send` and never leaves
+        // this thread.
+        let mut recv = RecvBatch::default();
         loop {
             // No sessions, no wake-ups: a stale deadline afterwards serves each slot once.
             let received = if self.sessions.is_empty() {
@@ -1338,7 +1338,7 @@ impl Worker {
             // After a command too: a steady stream of them must not hold the slots up.
             let now = now();
             for (deadline, slot) in self.clock.due(now) {
-                self.tick(now, deadline, slot);
+                self.tick(&mut recv, now, deadline, slot);
             }
         }
         let mut pool = lock(&self.pool);
@@ -1539,7 +1539,7 @@ impl Worker {
 
     /// One slot's tick (scheduled for `deadline`): for each of the slot's calls, take in what
     /// arrived; mix the slot's meetings; then send what is due.
-    fn tick(&mut self, now: Instant, deadline: Instant, slot: usize) {
+    fn tick(&mut self, recv: &mut RecvBatch, now: Instant, deadline: Instant, slot: usize) {
         let mut tally = Tally::default();
         let mut panicked: Option<String> = None;
         // Each session's work runs inside `catch_unwind`. `AssertUnwindSafe` is sound because
@@ -1551,21 +1551,13 @@ impl Worker {
             let Some(session) = self.sessions.get_mut(id) else {
                 continue;
             };
-            let recv_buf = &mut self.recv_buf;
+
             let tally = &mut tally;
             let received = catch_unwind(AssertUnwindSafe(|| {
-                for _ in 0..MAX_DATAGRAMS_PER_TICK {
-                    match session.socket.recv_from(&mut recv_buf[..]) {
-                        Ok((len, source)) => {
-                            let inbound =
-                                session.media.handle_datagram(now, source, &recv_buf[..len]);
-                            tally.count(inbound);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // An ICMP error reported on the socket (some platforms): read on.
-                        Err(_) => continue,
-                    }
-                }
+                let media = &mut session.media;
+                recv.drain(&session.socket, MAX_DATAGRAMS_PER_TICK, |source, bytes| {
+                    tally.count(media.handle_datagram(now, source, bytes));
+                });
                 session.media.handle_timeout(now);
             }));
             if let Err(payload) = received {

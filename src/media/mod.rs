@@ -8,6 +8,7 @@ pub mod engine;
 pub mod g711;
 pub mod mixer;
 pub mod player;
+pub mod recv_batch;
 pub mod rtp;
 
 /// Narrowband telephony: every codec we speak runs at 8 kHz.

@@ -8,9 +8,11 @@
 //! loss, jitter and gaps, and whether every caller heard what it should.
 //!
 //! Layout: [`uac`] (one call's SIP, sans-IO), [`stats`] (RFC 3550 receive statistics),
+//! [`arrival`] (kernel receive timestamps, so our own scheduling is not measured as jitter),
 //! [`listen`] (tones sent, what was heard), [`plan`] (who calls where), [`report`] (table and
 //! JSON), [`run`] (the tokio layer). This file is the command line and the organizers.
 
+pub mod arrival;
 pub mod listen;
 pub mod plan;
 pub mod report;

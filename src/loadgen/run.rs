@@ -1,13 +1,17 @@
 //! The thin tokio layer of the load generator: one SIP socket shared by all calls and driven
 //! by one controller task on a 10 ms tick; one RTP socket per call, read by its own task into
 //! its [`CallMedia`]; a few sender tasks that each write one packet per call every 20 ms.
+//! Packets are timed by the kernel's receive stamp, not by when their task ran
+//! ([`arrival`](super::arrival)): on a machine shared with the server the load generator's own
+//! scheduling delay would otherwise be reported as the server's jitter and gaps.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,6 +22,7 @@ use crate::media::rtp::{FRAME_TIMESTAMP_STEP, MAX_PACKET_LEN, RtpHeader};
 use crate::media::{Codec, FRAME_SAMPLES, Frame, PTIME, PayloadType, Ssrc, g711};
 use crate::sip::msg::{self, Message};
 
+use super::arrival;
 use super::listen::{CallMedia, KnownFrames, ToneFrame};
 use super::plan::{Conference, Plan, Role};
 use super::report::{CallOutcome, Report};
@@ -359,6 +364,8 @@ impl PortCursor {
             },
         };
         std.set_nonblocking(true)?;
+        // Without kernel stamps packets are stamped when read (`receive` falls back).
+        let _ = arrival::enable_timestamps(&std);
         UdpSocket::from_std(std)
     }
 }
@@ -370,7 +377,9 @@ enum MediaCmd {
     Stop,
 }
 
-/// Reads one call's RTP socket until told to stop (or the controller is gone).
+/// Reads one call's RTP socket until told to stop (or the controller is gone). Every datagram
+/// queued when the socket turns readable is read, each stamped with its kernel arrival time
+/// (see [`arrival`]), so a late-running task does not add to the measured jitter.
 async fn receive(
     socket: Arc<UdpSocket>,
     mut cmds: mpsc::UnboundedReceiver<MediaCmd>,
@@ -378,16 +387,33 @@ async fn receive(
     in_meeting: Arc<AtomicUsize>,
 ) -> CallMedia {
     let mut buf = [0u8; 2048];
+    let mut receiver = arrival::Receiver::new();
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 Some(MediaCmd::Audio(pt, codec)) => media.set_audio(pt, codec),
                 Some(MediaCmd::Stop) | None => break,
             },
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, _)) = r else { continue };
+            r = socket.readable() => {
+                if r.is_err() {
+                    continue;
+                }
                 let before = media.in_meeting_at().is_some();
-                media.handle_datagram(Instant::now(), &buf[..n]);
+                loop {
+                    let r = socket.try_io(Interest::READABLE, || {
+                        receiver.try_recv(&*socket, &mut buf)
+                    });
+                    let (n, stamp) = match r {
+                        Ok(got) => got,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // An ICMP error or the like: try again on the next turn of the loop,
+                        // where a Stop is seen too.
+                        Err(_) => break,
+                    };
+                    let now = Instant::now();
+                    let at = stamp.map_or(now, |k| arrival::arrival_instant(k, SystemTime::now(), now));
+                    media.handle_datagram(at, &buf[..n]);
+                }
                 if !before && media.in_meeting_at().is_some() {
                     in_meeting.fetch_add(1, Ordering::Relaxed);
                 }

@@ -23,7 +23,7 @@ use crate::media::{Codec, FRAME_SAMPLES, Frame, PTIME, PayloadType, Ssrc, g711};
 use crate::sip::msg::{self, Message};
 
 use super::arrival;
-use super::listen::{CallMedia, KnownFrames, ToneFrame};
+use super::listen::{CallMedia, KnownFrames, SendAudio, ToneFrame};
 use super::plan::{Conference, Plan, Role};
 use super::report::{CallOutcome, Report};
 use super::uac::{Uac, UacConfig, UacEvent};
@@ -54,6 +54,8 @@ pub struct RunConfig {
     pub rtp_ports: Option<(u16, u16)>,
     /// Sender tasks.
     pub senders: usize,
+    /// Tones, or a recording.
+    pub audio: SendAudio,
 }
 
 /// Live counts for the progress line.
@@ -218,14 +220,22 @@ pub async fn run(
                             }
                             slot.press_at = Some(now + cfg.organizer_delay);
                         }
-                        let tone = ToneFrame::new(plan.calls[i].tone_hz);
+                        let (audio, start): (Arc<[Frame]>, usize) = match &cfg.audio {
+                            SendAudio::Tones => {
+                                let tone = ToneFrame::new(plan.calls[i].tone_hz);
+                                (Arc::new([*tone.frame(codec)]), 0)
+                            }
+                            SendAudio::File { frames, .. } => {
+                                (frames.frames(codec).clone(), frames.start(i, total))
+                            }
+                        };
                         let stream = Stream::new(
                             i,
                             socket,
                             remote,
                             neg.payload_type,
                             neg.telephone_event,
-                            *tone.frame(codec),
+                            (audio, start),
                             codec,
                         );
                         let _ = senders[i % senders.len()].send(SenderCmd::Add(Box::new(stream)));
@@ -291,6 +301,7 @@ pub async fn run(
     }
     drop(senders);
     Ok(Report::new(
+        &cfg.audio,
         outcomes,
         sent.load(Ordering::Relaxed),
         started_at.elapsed(),
@@ -448,7 +459,10 @@ struct Stream {
     remote: SocketAddr,
     audio_pt: PayloadType,
     event_pt: Option<PayloadType>,
-    tone: Frame,
+    /// What it says, looped: one frame of its tone, or a recording.
+    audio: Arc<[Frame]>,
+    /// The next frame of `audio` to send.
+    next_audio: usize,
     silence: Frame,
     ssrc: Ssrc,
     sequence: u16,
@@ -465,7 +479,7 @@ impl Stream {
         remote: SocketAddr,
         audio_pt: PayloadType,
         event_pt: Option<PayloadType>,
-        tone: Frame,
+        (audio, start): (Arc<[Frame]>, usize),
         codec: Codec,
     ) -> Self {
         let mut silence = [0u8; FRAME_SAMPLES];
@@ -477,7 +491,8 @@ impl Stream {
             remote,
             audio_pt,
             event_pt,
-            tone,
+            next_audio: start % audio.len().max(1),
+            audio,
             silence,
             ssrc: Ssrc(r as u32),
             sequence: (r >> 32) as u16,
@@ -548,7 +563,11 @@ impl Stream {
                 &event
             }
             (Some(Emit::Silence), _) | (Some(Emit::Event { .. }), None) => &self.silence,
-            (None, _) => &self.tone,
+            (None, _) => {
+                let frame = self.audio.get(self.next_audio).unwrap_or(&self.silence);
+                self.next_audio = (self.next_audio + 1) % self.audio.len().max(1);
+                frame
+            }
         };
         let n = header.write(payload, out).unwrap_or(0);
         self.marker = false;

@@ -2,7 +2,8 @@
 //! smoke version of the capacity load (issue 6). It checks correctness, not speed (speed is
 //! measured by `bench/capacity.sh`, never asserted as wall-clock limits here): no failed
 //! call, packet loss within the quality rule, every lobby caller heard hold music and every
-//! meeting caller heard another participant and not itself.
+//! meeting caller heard another participant and not itself (tone mode) or the others' audio
+//! (`--audio-file`, which cannot check "not itself").
 
 mod common;
 
@@ -134,6 +135,86 @@ fn forty_calls_in_four_meetings_and_a_lobby_for_ten_seconds() {
 }
 
 #[test]
+fn twelve_calls_sending_a_recording_in_two_meetings_and_a_lobby() {
+    let mut builder = Server::builder().log_level("info");
+    for k in 0..3 {
+        builder = builder.organizer(&format!("org{k}@example.com"), &[]);
+    }
+    let server = builder.start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("organizers.txt");
+    let lines: String = (0..3)
+        .map(|k| {
+            let o = server.organizer(&format!("org{k}@example.com"));
+            format!("{};{}\n", o.conference, o.pin)
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let recording = common::repo_root().join("audio/greeting.flac");
+
+    // 12 calls: 4 in one lobby room, 8 in 2 meetings of 4, every one looping the greeting
+    // from its own point. 8 s is enough for the meetings (started about 3 s after the
+    // organizer's answer) and for the lobby's hold music (from about 6.3 s).
+    let out = loadgen(
+        server.sip_addr(),
+        &[
+            "--calls",
+            "12",
+            "--rate",
+            "10",
+            "--duration",
+            "8",
+            "--meetings",
+            "2",
+            "--lobby-fraction",
+            "0.34",
+            "--organizers-file",
+            file.to_str().unwrap(),
+            "--audio-file",
+            recording.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}\n{}",
+        out.stderr,
+        server.log_tail()
+    );
+    let report: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    let show = || format!("{report:#}\n--- stderr ---\n{}", out.stderr);
+
+    assert_eq!(report["audio"]["mode"], "file", "{}", show());
+    assert_eq!(
+        report["audio"]["file"],
+        recording.to_str().unwrap(),
+        "{}",
+        show()
+    );
+    assert_eq!(num(&report, "calls.established"), 12.0, "{}", show());
+    assert_eq!(num(&report, "calls.failed"), 0.0, "{}", show());
+    assert_eq!(num(&report, "calls.in_meeting"), 8.0, "{}", show());
+    assert_eq!(
+        report["heard"]["meeting_check"],
+        "others_audible",
+        "{}",
+        show()
+    );
+    assert_eq!(num(&report, "heard.lobby_checked"), 4.0, "{}", show());
+    assert_eq!(num(&report, "heard.lobby_ok"), 4.0, "{}", show());
+    assert_eq!(num(&report, "heard.meeting_checked"), 8.0, "{}", show());
+    assert_eq!(num(&report, "heard.meeting_ok"), 8.0, "{}", show());
+    assert_eq!(report["heard"]["all_ok"], true, "{}", show());
+    assert!(num(&report, "rtp.loss_percent") <= 0.1, "{}", show());
+    assert!(
+        num(&report, "rtp.sent") >= 12.0 * 8.0 * 50.0 * 0.9,
+        "{}",
+        show()
+    );
+}
+
+#[test]
 fn organizers_from_the_admin_api_and_the_table() {
     let server = Server::builder().log_level("info").start();
     let dir = tempfile::tempdir().unwrap();
@@ -170,6 +251,7 @@ fn organizers_from_the_admin_api_and_the_table() {
     assert_eq!(saved.lines().count(), 2, "{saved}");
     assert!(saved.lines().all(|l| l.split(';').count() == 2));
     for needle in [
+        "audio      tone per caller",
         "attempted 4  established 4  failed 0",
         "in meeting 3",
         "heard      lobby 1/1 hold music, meeting 3/3",
@@ -208,4 +290,32 @@ fn bad_input_is_one_line_and_exit_1() {
         out.stderr
     );
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn a_missing_or_undecodable_audio_file_is_one_line_and_exit_1() {
+    // Checked before organizers are needed or any call is placed.
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let out = loadgen(
+        nowhere,
+        &["--calls", "4", "--audio-file", "/nonexistent/talk.wav"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.stderr.trim(),
+        "pinbridge: --audio-file: audio file /nonexistent/talk.wav: not found"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("talk.wav");
+    std::fs::write(&junk, "this is not a WAV file\n".repeat(20)).unwrap();
+    let out = loadgen(
+        nowhere,
+        &["--calls", "4", "--audio-file", junk.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let prefix = format!("pinbridge: --audio-file: audio file {}: ", junk.display());
+    assert!(out.stderr.starts_with(&prefix), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
 }

@@ -1,9 +1,11 @@
 //! What a load-generator caller sends and whether it heard what it should, sans-IO and
 //! cheap enough for thousands of calls.
 //!
-//! - **Sending**: every caller sends a steady tone. Tones are multiples of 50 Hz, so one
-//!   20 ms frame holds whole periods and a single pre-encoded frame per tone is sent over and
-//!   over ([`ToneFrames`]).
+//! - **Sending** ([`SendAudio`]): by default every caller sends a steady tone. Tones are
+//!   multiples of 50 Hz, so one 20 ms frame holds whole periods and a single pre-encoded
+//!   frame per tone is sent over and over ([`ToneFrame`]). With `--audio-file` every caller
+//!   loops that file instead ([`FileFrames`]: decoded once, pre-encoded in both laws), each
+//!   from its own starting frame so the callers of a meeting do not talk in unison.
 //! - **Lobby**: the server sends prompts and hold music as the frames of its pre-encoded
 //!   clips, byte for byte, so [`KnownFrames`] (every frame of every sound, both laws, in a
 //!   hash set) recognises them with one lookup per packet. A lobby caller passes when it got
@@ -11,9 +13,19 @@
 //!   and not from any clip: someone's voice) after the hold music started.
 //! - **Meeting**: the first foreign frame is the moment the caller hears the meeting
 //!   ("in meeting"). From [`MEETING_SETTLE`] later, [`MEETING_WINDOW_FRAMES`] frames (1 s)
-//!   are kept and a Goertzel filter at each participant's tone measures which tones are in
-//!   them: the caller passes when at least one other participant's tone carries
-//!   [`TONE_PRESENT`] of the window's energy and its own tone does not (N−1 mixing).
+//!   are kept and judged:
+//!   - *tone mode* ([`Expect::Meeting`]): a Goertzel filter at each participant's tone
+//!     measures which tones are in the window; the caller passes when at least one other
+//!     participant's tone carries [`TONE_PRESENT`] of the window's energy and its own tone
+//!     does not (N−1 mixing).
+//!   - *file mode* ([`Expect::MeetingAudio`]): everyone sends the same recording, so whose
+//!     audio it is cannot be told; the caller passes when at least
+//!     [`MEETING_AUDIBLE_SHARE`] of the window's frames are audible (the others' audio
+//!     reached it). It does **not** check that the caller does not hear itself: the N−1
+//!     check needs tone mode. A file that is one of the server's own sounds (as in the
+//!     smoke test) is taken for a prompt, frame for frame, while only one other participant
+//!     is heard, so "in meeting" starts once two or more are mixed: a meeting of two needs
+//!     some other recording.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -40,6 +52,10 @@ const MEETING_MIN_FRAMES: usize = 25;
 /// four equal talkers mixed each holds about 25 %; a tone absent from the mix holds only
 /// the G.711 quantisation noise that falls in its 1 Hz bin (far below 0.1 %).
 pub const TONE_PRESENT: f64 = 0.02;
+/// File mode: share of the window's frames that must be audible (not silence). Two or more
+/// others talking over each other from different points of a recording leave few silent
+/// frames; one other talker still passes with the pauses of ordinary speech.
+pub const MEETING_AUDIBLE_SHARE: f64 = 0.25;
 /// Mean absolute sample value below which a frame counts as silence (about −60 dBm0).
 const SILENCE_MEAN_ABS: u32 = 20;
 /// Lowest participant tone and the step between tones (multiples of 50 Hz fit a 20 ms
@@ -89,6 +105,75 @@ impl ToneFrame {
     }
 }
 
+/// A recording as 20 ms frames in both laws, looped by every caller in file mode.
+#[derive(Debug)]
+pub struct FileFrames {
+    pcmu: Arc<[Frame]>,
+    pcma: Arc<[Frame]>,
+}
+
+impl FileFrames {
+    /// Cuts 8 kHz PCM into frames, the last one padded with silence (at least one frame).
+    pub fn from_pcm(pcm: &[i16]) -> Self {
+        let frames = pcm.len().div_ceil(FRAME_SAMPLES).max(1);
+        let mut pcmu = vec![[0u8; FRAME_SAMPLES]; frames];
+        let mut pcma = vec![[0u8; FRAME_SAMPLES]; frames];
+        for (k, (u, a)) in pcmu.iter_mut().zip(&mut pcma).enumerate() {
+            let mut frame = [0i16; FRAME_SAMPLES];
+            let start = (k * FRAME_SAMPLES).min(pcm.len());
+            let chunk = &pcm[start..(start + FRAME_SAMPLES).min(pcm.len())];
+            frame[..chunk.len()].copy_from_slice(chunk);
+            g711::encode(Codec::Pcmu, &frame, u);
+            g711::encode(Codec::Pcma, &frame, a);
+        }
+        FileFrames {
+            pcmu: pcmu.into(),
+            pcma: pcma.into(),
+        }
+    }
+
+    /// Frames in the loop.
+    pub fn len(&self) -> usize {
+        self.pcmu.len()
+    }
+
+    /// Never: there is always at least one frame.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn frames(&self, codec: Codec) -> &Arc<[Frame]> {
+        match codec {
+            Codec::Pcmu => &self.pcmu,
+            Codec::Pcma => &self.pcma,
+        }
+    }
+
+    /// The frame call `call` of `calls` starts at: spread evenly over the recording, so no
+    /// two calls start at the same frame while the recording has a frame for each.
+    pub fn start(&self, call: usize, calls: usize) -> usize {
+        let len = self.len();
+        if calls <= len {
+            call * len / calls
+        } else {
+            call % len
+        }
+    }
+}
+
+/// What every caller sends.
+#[derive(Clone, Debug)]
+pub enum SendAudio {
+    /// Its own tone ([`participant_tone`]).
+    Tones,
+    /// A recording (`--audio-file`), from a different starting frame per call.
+    File {
+        /// As given on the command line, for the report.
+        path: String,
+        frames: Arc<FileFrames>,
+    },
+}
+
 /// Every frame the server can send from its clips, and which are hold music.
 #[derive(Debug, Default)]
 pub struct KnownFrames {
@@ -134,8 +219,12 @@ enum Heard {
 fn is_silent(frame: &Frame, codec: Codec) -> bool {
     let mut pcm = [0i16; FRAME_SAMPLES];
     g711::decode(codec, frame, &mut pcm);
+    mean_abs(&pcm) <= SILENCE_MEAN_ABS
+}
+
+fn mean_abs(pcm: &[i16]) -> u32 {
     let sum: u32 = pcm.iter().map(|s| u32::from(s.unsigned_abs())).sum();
-    sum / FRAME_SAMPLES as u32 <= SILENCE_MEAN_ABS
+    sum / pcm.len().max(1) as u32
 }
 
 /// What a caller should hear.
@@ -145,6 +234,15 @@ pub enum Expect {
     Lobby,
     /// The meeting: `own` is this caller's tone, `others` those of the other participants.
     Meeting { own: u32, others: Vec<u32> },
+    /// The meeting, in file mode: audible audio from the others (whose, and whether it is
+    /// the caller's own, is not checked).
+    MeetingAudio,
+}
+
+impl Expect {
+    fn is_meeting(&self) -> bool {
+        matches!(self, Expect::Meeting { .. } | Expect::MeetingAudio)
+    }
 }
 
 /// The verdict on what one caller heard.
@@ -223,7 +321,8 @@ impl CallMedia {
                 }
             }
         }
-        if let (Expect::Meeting { .. }, Some(first)) = (&self.expect, self.first_foreign)
+        if let Some(first) = self.first_foreign
+            && self.expect.is_meeting()
             && now >= first + MEETING_SETTLE
             && self.window.len() < MEETING_WINDOW_FRAMES * FRAME_SAMPLES
         {
@@ -235,9 +334,10 @@ impl CallMedia {
 
     /// When the caller first heard the meeting.
     pub fn in_meeting_at(&self) -> Option<Instant> {
-        match self.expect {
-            Expect::Meeting { .. } => self.first_foreign,
-            Expect::Lobby => None,
+        if self.expect.is_meeting() {
+            self.first_foreign
+        } else {
+            None
         }
     }
 
@@ -267,7 +367,7 @@ impl CallMedia {
                     }
                 }
             }
-            Expect::Meeting { own, others } => {
+            Expect::Meeting { .. } | Expect::MeetingAudio => {
                 if self.first_foreign.is_none() {
                     return fail("meeting: never heard the other participants".into());
                 }
@@ -277,6 +377,9 @@ impl CallMedia {
                         self.window.len() / 8
                     ));
                 }
+                let Expect::Meeting { own, others } = &self.expect else {
+                    return self.audible_verdict();
+                };
                 let energy: f64 = self
                     .window
                     .iter()
@@ -307,6 +410,32 @@ impl CallMedia {
                     }
                 }
             }
+        }
+    }
+
+    /// File mode: enough of the window is audible.
+    fn audible_verdict(&self) -> Verdict {
+        let frames = self.window.len() / FRAME_SAMPLES;
+        let audible = self
+            .window
+            .chunks_exact(FRAME_SAMPLES)
+            .filter(|f| mean_abs(f) > SILENCE_MEAN_ABS)
+            .count();
+        let share = audible as f64 / frames as f64;
+        if share < MEETING_AUDIBLE_SHARE {
+            return Verdict {
+                ok: false,
+                problem: Some(format!(
+                    "meeting: the others' audio is audible in {:.0} % of {} ms, want {:.0} %",
+                    share * 100.0,
+                    frames * PTIME.as_millis() as usize,
+                    MEETING_AUDIBLE_SHARE * 100.0
+                )),
+            };
+        }
+        Verdict {
+            ok: true,
+            problem: None,
         }
     }
 }
@@ -407,6 +536,58 @@ mod tests {
         let mut m = meeting(500);
         feed(&mut m, Instant::now(), &mix(&[], 100));
         assert!(m.verdict().problem.unwrap().contains("never heard"));
+    }
+
+    #[test]
+    fn file_mode_meetings_need_audible_audio_only() {
+        let meeting_audio = || CallMedia::new(Instant::now(), Expect::MeetingAudio, Arc::default());
+        // Any audible mix passes, whoever's it is: N−1 is not checked in file mode.
+        let mut m = meeting_audio();
+        let t0 = Instant::now();
+        feed(&mut m, t0, &mix(&[300, 350], 100));
+        assert!(m.verdict().ok, "{:?}", m.verdict());
+        assert_eq!(m.in_meeting_at(), Some(t0));
+        // Speech with pauses: audible in 40 % of the frames still passes.
+        let mut frames = Vec::new();
+        for _ in 0..20 {
+            frames.extend(mix(&[400], 2));
+            frames.extend(mix(&[], 3));
+        }
+        let mut m = meeting_audio();
+        feed(&mut m, Instant::now(), &frames);
+        assert!(m.verdict().ok, "{:?}", m.verdict());
+        // A moment of audio, then silence: not the others' audio.
+        let mut frames = mix(&[400], 1);
+        frames.extend(mix(&[], 99));
+        let mut m = meeting_audio();
+        feed(&mut m, Instant::now(), &frames);
+        let problem = m.verdict().problem.unwrap();
+        assert!(problem.contains("audible in 0 % of 1000 ms"), "{problem}");
+        let mut m = meeting_audio();
+        feed(&mut m, Instant::now(), &mix(&[], 100));
+        assert!(m.verdict().problem.unwrap().contains("never heard"));
+    }
+
+    #[test]
+    fn file_frames_are_padded_and_calls_start_apart() {
+        let pcm: Vec<i16> = (0..FRAME_SAMPLES * 10 + 7)
+            .map(|i| (i % 100) as i16 * 50)
+            .collect();
+        let f = FileFrames::from_pcm(&pcm);
+        assert_eq!(f.len(), 11);
+        let mut last = [0i16; FRAME_SAMPLES];
+        g711::decode(Codec::Pcma, &f.frames(Codec::Pcma)[10], &mut last);
+        assert!(
+            last[7..].iter().all(|&s| s.unsigned_abs() <= 8),
+            "padded with silence"
+        );
+        assert_eq!(FileFrames::from_pcm(&[]).len(), 1);
+        // Fewer calls than frames: all distinct, spread over the loop.
+        let starts: Vec<usize> = (0..4).map(|c| f.start(c, 4)).collect();
+        assert_eq!(starts, [0, 2, 5, 8]);
+        // More calls than frames: every frame is someone's start.
+        let starts: HashSet<usize> = (0..30).map(|c| f.start(c, 30)).collect();
+        assert_eq!(starts.len(), 11);
     }
 
     #[test]

@@ -3,14 +3,18 @@
 //!
 //! It places `--calls` calls at `--rate` per second into `--meetings` meetings (plus a
 //! `--lobby-fraction` of callers in conferences whose organizer never comes), dials each
-//! conference ID directly, lets one caller per meeting key `*`, the PIN and `#`, sends a 20 ms
-//! tone per caller, receives everything the server sends and reports setup latency, RTP
-//! loss, jitter and gaps, and whether every caller heard what it should.
+//! conference ID directly, lets one caller per meeting key `*`, the PIN and `#`, sends 20 ms
+//! RTP per caller (its own tone, or with `--audio-file` a looped recording), receives
+//! everything the server sends and reports setup latency, RTP loss, jitter and gaps, and
+//! whether every caller heard what it should (see [`listen`]: only tone mode can check that
+//! meeting callers do not hear themselves).
 //!
 //! Layout: [`uac`] (one call's SIP, sans-IO), [`stats`] (RFC 3550 receive statistics),
+//! [`arrival`] (kernel receive timestamps, so our own scheduling is not measured as jitter),
 //! [`listen`] (tones sent, what was heard), [`plan`] (who calls where), [`report`] (table and
 //! JSON), [`run`] (the tokio layer). This file is the command line and the organizers.
 
+pub mod arrival;
 pub mod listen;
 pub mod plan;
 pub mod report;
@@ -28,9 +32,9 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::admin::client::{Client, ClientError};
-use crate::audio::{Assets, AudioError};
+use crate::audio::{Assets, AudioError, decode_to_pcm8k};
 
-use listen::KnownFrames;
+use listen::{FileFrames, KnownFrames, SendAudio};
 use plan::{Conference, Plan};
 use report::Report;
 use run::{Progress, RunConfig};
@@ -85,6 +89,11 @@ pub struct LoadgenArgs {
     /// Seconds from the organizer's 200 OK to its `*` (after the greeting).
     #[arg(long, default_value_t = 2.5)]
     pub organizer_delay: f64,
+    /// Send this recording (any format the server's sounds may be in: FLAC, WAV, Ogg, …),
+    /// looped, instead of a tone per caller. Meeting callers are then checked for hearing the
+    /// others' audio only: whether they hear themselves (N−1) needs tone mode.
+    #[arg(long, value_name = "FILE")]
+    pub audio_file: Option<PathBuf>,
     /// Tasks sending RTP (each sends one packet per call every 20 ms).
     #[arg(long, default_value_t = 2)]
     pub senders: usize,
@@ -121,6 +130,8 @@ pub enum LoadgenError {
     Admin(#[from] ClientError),
     #[error("loading the server's sounds: {0}")]
     Audio(#[from] AudioError),
+    #[error("--audio-file: {0}")]
+    AudioFile(AudioError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -137,8 +148,20 @@ pub fn run_cli(args: LoadgenArgs, out: &mut impl Write) -> Result<Report, Loadge
             "--rate must be above 0, --duration and --organizer-delay not negative".into(),
         ));
     }
-    let plan =
+    let mut plan =
         Plan::new(args.calls, args.meetings, args.lobby_fraction).map_err(LoadgenError::Plan)?;
+    // Decoded before any organizer is created, so a bad file costs nothing.
+    let audio = match &args.audio_file {
+        None => SendAudio::Tones,
+        Some(path) => {
+            let pcm = decode_to_pcm8k(path).map_err(LoadgenError::AudioFile)?;
+            plan = plan.with_file_audio();
+            SendAudio::File {
+                path: path.display().to_string(),
+                frames: Arc::new(FileFrames::from_pcm(&pcm)),
+            }
+        }
+    };
     let conferences = organizers(&args, &plan)?;
     let io = |what: &str| {
         let what = what.to_string();
@@ -155,6 +178,7 @@ pub fn run_cli(args: LoadgenArgs, out: &mut impl Write) -> Result<Report, Loadge
         organizer_delay: Duration::from_secs_f64(args.organizer_delay),
         rtp_ports: args.rtp_ports,
         senders: args.senders,
+        audio,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

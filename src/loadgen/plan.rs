@@ -31,7 +31,7 @@ pub struct PlannedCall {
     pub role: Role,
     /// Index into the conference list.
     pub conference: usize,
-    /// The tone it sends.
+    /// The tone it sends (in tone mode).
     pub tone_hz: u32,
     pub expect: Expect,
 }
@@ -108,6 +108,17 @@ impl Plan {
         })
     }
 
+    /// File mode: meeting callers listen for audible audio from the others instead of their
+    /// tones (everyone sends the same recording, so tones cannot tell them apart).
+    pub fn with_file_audio(mut self) -> Plan {
+        for call in &mut self.calls {
+            if let Expect::Meeting { .. } = call.expect {
+                call.expect = Expect::MeetingAudio;
+            }
+        }
+        self
+    }
+
     /// Conferences the plan needs: the meetings first, then the lobby rooms.
     pub fn conferences(&self) -> usize {
         self.meetings + self.lobby_rooms
@@ -165,5 +176,21 @@ mod tests {
         assert_eq!((plan.meetings, plan.lobby_rooms), (0, 3));
         assert!(Plan::new(10, 0, 0.5).is_err());
         assert!(Plan::new(10, 2, 1.5).is_err());
+    }
+
+    #[test]
+    fn file_audio_changes_what_meeting_callers_listen_for_only() {
+        let plan = Plan::new(12, 2, 0.34).unwrap().with_file_audio();
+        let lobby = plan
+            .calls
+            .iter()
+            .filter(|c| matches!(c.expect, Expect::Lobby))
+            .count();
+        let audio = plan
+            .calls
+            .iter()
+            .filter(|c| matches!(c.expect, Expect::MeetingAudio))
+            .count();
+        assert_eq!((lobby, audio), (4, 8));
     }
 }

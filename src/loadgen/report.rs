@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::listen::CallMedia;
+use super::listen::{CallMedia, SendAudio};
 use super::plan::Role;
 use super::stats::Summary;
 
@@ -34,6 +34,8 @@ pub struct CallOutcome {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// What the callers sent, which decides what the meeting check can tell.
+    pub audio: Audio,
     pub calls: Calls,
     pub setup_ms: Setup,
     pub rtp: Rtp,
@@ -43,6 +45,29 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// Wall-clock length of the run, seconds.
     pub wall_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Audio {
+    /// `tone` (a tone per caller) or `file` (`--audio-file`, looped).
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl Audio {
+    fn of(send: &SendAudio) -> Audio {
+        match send {
+            SendAudio::Tones => Audio {
+                mode: "tone",
+                file: None,
+            },
+            SendAudio::File { path, .. } => Audio {
+                mode: "file",
+                file: Some(path.clone()),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -85,12 +110,23 @@ pub struct Rtp {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Heard {
+    pub meeting_check: MeetingCheck,
     pub lobby_checked: usize,
     pub lobby_ok: usize,
     pub meeting_checked: usize,
     pub meeting_ok: usize,
     /// Every established caller heard what it should.
     pub all_ok: bool,
+}
+
+/// What a meeting caller must have heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeetingCheck {
+    /// Tone mode: another participant's tone, and not its own (N−1 mixing).
+    OthersTonesNotOwn,
+    /// File mode: audible audio from the others; whether it hears itself is not checked.
+    OthersAudible,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -114,7 +150,7 @@ pub struct Failure {
 }
 
 impl Report {
-    pub fn new(outcomes: Vec<CallOutcome>, sent: u64, wall: Duration) -> Report {
+    pub fn new(audio: &SendAudio, outcomes: Vec<CallOutcome>, sent: u64, wall: Duration) -> Report {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let count = |f: &dyn Fn(&CallOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
         let calls = Calls {
@@ -190,6 +226,10 @@ impl Report {
             malformed,
         };
         let mut heard = Heard {
+            meeting_check: match audio {
+                SendAudio::Tones => MeetingCheck::OthersTonesNotOwn,
+                SendAudio::File { .. } => MeetingCheck::OthersAudible,
+            },
             lobby_checked: 0,
             lobby_ok: 0,
             meeting_checked: 0,
@@ -246,6 +286,7 @@ impl Report {
             ..quality
         };
         Report {
+            audio: Audio::of(audio),
             calls,
             setup_ms: setup,
             rtp,
@@ -273,6 +314,13 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.calls;
         let mut s = String::new();
+        let _ = match &self.audio.file {
+            None => writeln!(s, "audio      tone per caller"),
+            Some(file) => writeln!(
+                s,
+                "audio      file {file}, looped from a different point per caller"
+            ),
+        };
         let _ = writeln!(
             s,
             "calls      attempted {}  established {}  failed {}  (meeting {} incl. {} organizers, lobby {}; in meeting {})",
@@ -320,9 +368,15 @@ impl fmt::Display for Report {
             r.sent, r.expected, r.received, r.lost, r.loss_percent
         );
         let h = &self.heard;
+        let meeting = match h.meeting_check {
+            MeetingCheck::OthersTonesNotOwn => "others and not themselves",
+            MeetingCheck::OthersAudible => {
+                "others' audio (whether they hear themselves: not checked)"
+            }
+        };
         let _ = writeln!(
             s,
-            "heard      lobby {}/{} hold music, meeting {}/{} others and not themselves",
+            "heard      lobby {}/{} hold music, meeting {}/{} {meeting}",
             h.lobby_ok, h.lobby_checked, h.meeting_ok, h.meeting_checked
         );
         let q = &self.quality;

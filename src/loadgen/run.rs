@@ -1,13 +1,17 @@
 //! The thin tokio layer of the load generator: one SIP socket shared by all calls and driven
 //! by one controller task on a 10 ms tick; one RTP socket per call, read by its own task into
 //! its [`CallMedia`]; a few sender tasks that each write one packet per call every 20 ms.
+//! Packets are timed by the kernel's receive stamp, not by when their task ran
+//! ([`arrival`](super::arrival)): on a machine shared with the server the load generator's own
+//! scheduling delay would otherwise be reported as the server's jitter and gaps.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,7 +22,8 @@ use crate::media::rtp::{FRAME_TIMESTAMP_STEP, MAX_PACKET_LEN, RtpHeader};
 use crate::media::{Codec, FRAME_SAMPLES, Frame, PTIME, PayloadType, Ssrc, g711};
 use crate::sip::msg::{self, Message};
 
-use super::listen::{CallMedia, KnownFrames, ToneFrame};
+use super::arrival;
+use super::listen::{CallMedia, KnownFrames, SendAudio, ToneFrame};
 use super::plan::{Conference, Plan, Role};
 use super::report::{CallOutcome, Report};
 use super::uac::{Uac, UacConfig, UacEvent};
@@ -49,6 +54,8 @@ pub struct RunConfig {
     pub rtp_ports: Option<(u16, u16)>,
     /// Sender tasks.
     pub senders: usize,
+    /// Tones, or a recording.
+    pub audio: SendAudio,
 }
 
 /// Live counts for the progress line.
@@ -213,14 +220,22 @@ pub async fn run(
                             }
                             slot.press_at = Some(now + cfg.organizer_delay);
                         }
-                        let tone = ToneFrame::new(plan.calls[i].tone_hz);
+                        let (audio, start): (Arc<[Frame]>, usize) = match &cfg.audio {
+                            SendAudio::Tones => {
+                                let tone = ToneFrame::new(plan.calls[i].tone_hz);
+                                (Arc::new([*tone.frame(codec)]), 0)
+                            }
+                            SendAudio::File { frames, .. } => {
+                                (frames.frames(codec).clone(), frames.start(i, total))
+                            }
+                        };
                         let stream = Stream::new(
                             i,
                             socket,
                             remote,
                             neg.payload_type,
                             neg.telephone_event,
-                            *tone.frame(codec),
+                            (audio, start),
                             codec,
                         );
                         let _ = senders[i % senders.len()].send(SenderCmd::Add(Box::new(stream)));
@@ -286,6 +301,7 @@ pub async fn run(
     }
     drop(senders);
     Ok(Report::new(
+        &cfg.audio,
         outcomes,
         sent.load(Ordering::Relaxed),
         started_at.elapsed(),
@@ -359,6 +375,8 @@ impl PortCursor {
             },
         };
         std.set_nonblocking(true)?;
+        // Without kernel stamps packets are stamped when read (`receive` falls back).
+        let _ = arrival::enable_timestamps(&std);
         UdpSocket::from_std(std)
     }
 }
@@ -370,7 +388,9 @@ enum MediaCmd {
     Stop,
 }
 
-/// Reads one call's RTP socket until told to stop (or the controller is gone).
+/// Reads one call's RTP socket until told to stop (or the controller is gone). Every datagram
+/// queued when the socket turns readable is read, each stamped with its kernel arrival time
+/// (see [`arrival`]), so a late-running task does not add to the measured jitter.
 async fn receive(
     socket: Arc<UdpSocket>,
     mut cmds: mpsc::UnboundedReceiver<MediaCmd>,
@@ -378,16 +398,33 @@ async fn receive(
     in_meeting: Arc<AtomicUsize>,
 ) -> CallMedia {
     let mut buf = [0u8; 2048];
+    let mut receiver = arrival::Receiver::new();
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 Some(MediaCmd::Audio(pt, codec)) => media.set_audio(pt, codec),
                 Some(MediaCmd::Stop) | None => break,
             },
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, _)) = r else { continue };
+            r = socket.readable() => {
+                if r.is_err() {
+                    continue;
+                }
                 let before = media.in_meeting_at().is_some();
-                media.handle_datagram(Instant::now(), &buf[..n]);
+                loop {
+                    let r = socket.try_io(Interest::READABLE, || {
+                        receiver.try_recv(&*socket, &mut buf)
+                    });
+                    let (n, stamp) = match r {
+                        Ok(got) => got,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // An ICMP error or the like: try again on the next turn of the loop,
+                        // where a Stop is seen too.
+                        Err(_) => break,
+                    };
+                    let now = Instant::now();
+                    let at = stamp.map_or(now, |k| arrival::arrival_instant(k, SystemTime::now(), now));
+                    media.handle_datagram(at, &buf[..n]);
+                }
                 if !before && media.in_meeting_at().is_some() {
                     in_meeting.fetch_add(1, Ordering::Relaxed);
                 }
@@ -422,7 +459,10 @@ struct Stream {
     remote: SocketAddr,
     audio_pt: PayloadType,
     event_pt: Option<PayloadType>,
-    tone: Frame,
+    /// What it says, looped: one frame of its tone, or a recording.
+    audio: Arc<[Frame]>,
+    /// The next frame of `audio` to send.
+    next_audio: usize,
     silence: Frame,
     ssrc: Ssrc,
     sequence: u16,
@@ -439,7 +479,7 @@ impl Stream {
         remote: SocketAddr,
         audio_pt: PayloadType,
         event_pt: Option<PayloadType>,
-        tone: Frame,
+        (audio, start): (Arc<[Frame]>, usize),
         codec: Codec,
     ) -> Self {
         let mut silence = [0u8; FRAME_SAMPLES];
@@ -451,7 +491,8 @@ impl Stream {
             remote,
             audio_pt,
             event_pt,
-            tone,
+            next_audio: start % audio.len().max(1),
+            audio,
             silence,
             ssrc: Ssrc(r as u32),
             sequence: (r >> 32) as u16,
@@ -522,7 +563,11 @@ impl Stream {
                 &event
             }
             (Some(Emit::Silence), _) | (Some(Emit::Event { .. }), None) => &self.silence,
-            (None, _) => &self.tone,
+            (None, _) => {
+                let frame = self.audio.get(self.next_audio).unwrap_or(&self.silence);
+                self.next_audio = (self.next_audio + 1) % self.audio.len().max(1);
+                frame
+            }
         };
         let n = header.write(payload, out).unwrap_or(0);
         self.marker = false;

@@ -579,7 +579,7 @@ pub fn openapi() -> Value {
         "required": false,
         "content": {"application/json": {"schema": schema("EmailOptions")}}
     });
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "pinbridge admin API",
@@ -724,7 +724,23 @@ pub fn openapi() -> Value {
                     "queued_at": {"type": "string", "format": "date-time"}, "last_error": {"type": "string", "nullable": true}}}
             }
         }
-    })
+    });
+    // Every change is persisted before it is answered, so any of them can meet a full disk.
+    let full = problem("the store could not write (disk full): free space and restart the server");
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            for method in ["post", "put", "patch", "delete"] {
+                let responses = item
+                    .get_mut(method)
+                    .and_then(|op| op.get_mut("responses"))
+                    .and_then(Value::as_object_mut);
+                if let Some(responses) = responses {
+                    responses.insert("507".into(), full.clone());
+                }
+            }
+        }
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -777,5 +793,23 @@ mod tests {
         let doc: openapiv3::OpenAPI = serde_json::from_value(openapi()).unwrap();
         assert!(doc.openapi.starts_with("3."));
         assert_eq!(doc.paths.paths.len(), 13);
+    }
+
+    #[test]
+    fn every_write_operation_lists_the_full_disk_problem() {
+        let doc = openapi();
+        let mut writes = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in ["post", "put", "patch", "delete"] {
+                if let Some(op) = item.get(method) {
+                    writes += 1;
+                    assert!(op["responses"].get("507").is_some(), "{method} {path}");
+                }
+            }
+            if let Some(get) = item.get("get") {
+                assert!(get["responses"].get("507").is_none(), "GET {path}");
+            }
+        }
+        assert!(writes >= 7, "{writes} write operations");
     }
 }

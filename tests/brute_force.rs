@@ -16,12 +16,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
 
+use common::call_log::{STEP_WAIT, assert_not_logged, wait_call_log};
 use common::rtp::MediaPlan;
-use common::{Dialed, RtpReceiver, SIP_STEP, SdpOffer, Server, SipClient, wait_until};
+use common::{Dialed, RtpReceiver, SIP_STEP, SdpOffer, Server, SipClient};
 use serde_json::Value;
 
 const EVENT_PT: u8 = 101;
-const STEP_WAIT: Duration = Duration::from_secs(30);
 /// The "not correct" prompt (2.5 s), after which the PIN prompt takes keys again.
 const SORRY_PROMPT: Duration = Duration::from_millis(3000);
 /// The "not recognised" prompt (3.5 s), after which the ID prompt takes keys again.
@@ -143,22 +143,6 @@ fn assert_refused(server: &Server, ip: IpAddr, user: &str, number: Option<&str>)
     }
 }
 
-fn wait_call_log(server: &Server, call_id: &str, needle: &str, n: usize) {
-    let ok = wait_until(STEP_WAIT, Duration::from_millis(50), || {
-        server
-            .log_lines_with(&[needle, &format!("call_id={call_id} ")])
-            .len()
-            >= n
-    });
-    assert!(
-        ok,
-        "call {call_id} never logged {needle:?} ({n}×); its log:\n{}",
-        server
-            .log_lines_with(&[&format!("call_id={call_id} ")])
-            .join("\n")
-    );
-}
-
 fn api(server: &Server, method: &str, path: &str) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -203,19 +187,6 @@ fn blocked_sources(server: &Server) -> Vec<String> {
         .iter()
         .map(|b| b["source"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// The PIN nowhere in the log as a number of its own (see tests/meeting.rs).
-fn assert_not_logged(server: &Server, pin: &str) {
-    let logs = server.logs();
-    let bytes = logs.as_bytes();
-    for (at, _) in logs.match_indices(pin) {
-        let before = at.checked_sub(1).map(|i| bytes[i]);
-        let after = bytes.get(at + pin.len()).copied();
-        let alone = !before.is_some_and(|b| b.is_ascii_digit() || b == b':')
-            && !after.is_some_and(|b| b.is_ascii_digit());
-        assert!(!alone, "the PIN {pin} is in the server log");
-    }
 }
 
 /// Wrong PINs unlike the real one and above 65535 (no port number looks like them).

@@ -13,16 +13,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::call_log::{STEP_WAIT, assert_not_logged, call_lines, tone_power, wait_call_log};
 use common::rtp::{MediaPlan, RtpPacket, Signal, decode_stream};
 use common::{
     Dialed, RtpReceiver, RtpSender, SIP_STEP, SdpOffer, Server, SipClient, audio, best_correlation,
-    dial, wait_until,
+    dial,
 };
 
 /// telephone-event payload type our callers offer.
 const EVENT_PT: u8 = 101;
-/// How long a step of the call flow (a prompt, a PIN check) may take to show in the log.
-const STEP_WAIT: Duration = Duration::from_secs(30);
 /// The "not correct" prompt, after which the PIN prompt takes keys again (2.5 s, and a
 /// margin).
 const PIN_INCORRECT_PROMPT: Duration = Duration::from_millis(3000);
@@ -116,60 +115,6 @@ impl Caller {
         self.client.bye(&mut self.d.call);
         // Best effort: the server may have ended the call itself.
         let _ = self.client.recv(Duration::from_secs(2));
-    }
-}
-
-/// The info lines of one call that contain `needle`.
-fn call_lines(server: &Server, call_id: &str, needle: &str) -> Vec<String> {
-    server.log_lines_with(&[needle, &format!("call_id={call_id} ")])
-}
-
-/// Waits until the call has logged `needle` at least `n` times.
-fn wait_call_log(server: &Server, call_id: &str, needle: &str, n: usize) {
-    let ok = wait_until(STEP_WAIT, Duration::from_millis(50), || {
-        call_lines(server, call_id, needle).len() >= n
-    });
-    assert!(
-        ok,
-        "call {call_id} never logged {needle:?} ({n}×); its log:\n{}",
-        server
-            .log_lines_with(&[&format!("call_id={call_id} ")])
-            .join("\n")
-    );
-}
-
-/// Power of `hz` in `pcm` (Goertzel), as a fraction of a full-amplitude sine's: a sine of
-/// amplitude A scores about (A / 32768)².
-fn tone_power(pcm: &[i16], hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in pcm {
-        let s0 = f64::from(x) / 32768.0 + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    4.0 * power / (pcm.len() as f64 * pcm.len() as f64)
-}
-
-/// Asserts that a PIN appears nowhere in the server's log as a number of its own (digits
-/// inside longer numbers, such as timestamps, and port numbers after a `:` do not count).
-fn assert_not_logged(server: &Server, pin: &str) {
-    let logs = server.logs();
-    let bytes = logs.as_bytes();
-    for (at, _) in logs.match_indices(pin) {
-        let before = at.checked_sub(1).map(|i| bytes[i]);
-        let after = bytes.get(at + pin.len()).copied();
-        // `:58783` is a port (`127.0.0.1:58783`), which a PIN may happen to equal.
-        let alone = !before.is_some_and(|b| b.is_ascii_digit() || b == b':')
-            && !after.is_some_and(|b| b.is_ascii_digit());
-        assert!(
-            !alone,
-            "the PIN {pin} is in the server log: {}",
-            logs.get(at.saturating_sub(200)..(at + 100).min(logs.len()))
-                .unwrap_or("(context not on a character boundary)")
-        );
     }
 }
 

@@ -23,13 +23,13 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use common::call_log::{call_lines, tone_power, wait_call_log};
 use common::g711::encode_ulaw;
 use common::rtp::{MediaPlan, RtpPacket, Signal, decode_stream};
 use common::stats::{gauge, stats};
-use common::{Dialed, RtpReceiver, RtpSender, SdpOffer, Server, SipClient, dial, wait_until};
+use common::{Dialed, RtpReceiver, RtpSender, SdpOffer, Server, SipClient, dial};
 
 const EVENT_PT: u8 = 101;
-const STEP_WAIT: Duration = Duration::from_secs(30);
 /// Peak amplitude of the tones (about −15 dBm0): a sine of amplitude A scores (A/32768)².
 const AMPLITUDE: i16 = 6000;
 /// A tone "is heard" above this power and "is not" below a hundredth of it.
@@ -85,31 +85,6 @@ impl Caller {
         self.client.bye(&mut self.d.call);
         let _ = self.client.recv(Duration::from_secs(2));
     }
-}
-
-fn call_lines(server: &Server, call_id: &str, needle: &str) -> Vec<String> {
-    server.log_lines_with(&[needle, &format!("call_id={call_id} ")])
-}
-
-fn wait_call_log(server: &Server, call_id: &str, needle: &str, n: usize) {
-    let ok = wait_until(STEP_WAIT, Duration::from_millis(50), || {
-        call_lines(server, call_id, needle).len() >= n
-    });
-    assert!(ok, "call {call_id} never logged {needle:?} ({n}×)");
-}
-
-/// Power of `hz` in `pcm` (Goertzel), as a fraction of a full-scale sine's.
-fn tone_power(pcm: &[i16], hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in pcm {
-        let s0 = f64::from(x) / 32768.0 + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    4.0 * power / (pcm.len() as f64 * pcm.len() as f64)
 }
 
 /// One 20 ms PCMU frame of a `hz` tone, frame `n` of a continuous sine.

@@ -24,6 +24,7 @@
 
 pub mod audio;
 pub mod browser;
+pub mod call_log;
 pub mod g711;
 pub mod ports;
 pub mod process;

@@ -9,6 +9,7 @@ pub mod audio;
 pub mod bridge;
 pub mod calls;
 pub mod config;
+pub mod descriptors;
 pub mod fault;
 pub mod fuzz;
 pub mod ivr;

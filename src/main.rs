@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use pinbridge::admin::api::AdminToken;
 use pinbridge::audio::Assets;
 use pinbridge::config::{Config, ServeArgs};
+use pinbridge::descriptors;
 use pinbridge::pin::{self, Pepper};
 use pinbridge::store::{self, AuditEntry, NewUser, Store, UserId};
 
@@ -138,6 +139,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    reserve_descriptors(&cfg);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let assets = Assets::load(&cfg.audio_dir)
@@ -193,6 +195,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .block_on(server)
         .context("the server task panicked")??;
     Ok(())
+}
+
+/// One descriptor per call the configuration allows (`--max-calls`, at most one per RTP
+/// port pair) plus signalling's, before any thread starts: see [`descriptors`].
+fn reserve_descriptors(cfg: &Config) {
+    let rtp_sessions = pinbridge::media::rtp::PortPool::new(cfg.rtp_ports.clone())
+        .map_or(usize::MAX, |pool| pool.capacity());
+    let wanted = descriptors::for_calls(cfg.limits.max_calls.min(rtp_sessions));
+    match descriptors::reserve(wanted) {
+        Ok(r) if r.is_short() => tracing::warn!(
+            wanted = r.wanted,
+            hard_limit = r.limit,
+            "the descriptor limit (ulimit -Hn) is below what the configured calls need; calls beyond it are refused with 503"
+        ),
+        Ok(r) => tracing::info!(
+            descriptors = r.table,
+            soft_limit_before = r.limit_before,
+            soft_limit = r.limit,
+            "descriptor table reserved"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reserve the descriptor table; call setup may stall while it grows")
+        }
+    }
 }
 
 /// `serve --demo`: on an empty store, one organizer whose conference ID and PIN are printed

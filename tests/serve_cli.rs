@@ -1,5 +1,7 @@
 //! `pinbridge serve` refuses bad settings before binding anything: one clear line naming the
-//! setting or file, and a non-zero exit.
+//! setting or file, and a non-zero exit; and a good start sizes the process for its calls.
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -100,4 +102,60 @@ fn help_lists_every_setting() {
     ] {
         assert!(help.contains(flag), "serve --help lacks {flag}");
     }
+}
+
+/// The descriptor table is grown for the configured calls before the first call (see
+/// `pinbridge::descriptors`), and the soft descriptor limit raised to match, even when the
+/// server starts under a low soft limit (`ulimit -Sn 512`).
+#[test]
+fn reserves_a_descriptor_per_call_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"ulimit -Sn 512 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_pinbridge"))
+        .args([
+            "serve",
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--rtp-ports",
+            "40000-49999",
+            "--max-calls",
+            "2000",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg("--audio-dir")
+        .arg(common::repo_root().join("audio"));
+    let server = common::process::BoundedChild::spawn("pinbridge serve", cmd);
+    let ready = common::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        server.stdout_so_far().starts_with("pinbridge ready")
+    });
+    assert!(ready, "not ready: {}", server.stderr_so_far());
+    let proc_file =
+        |name: &str| std::fs::read_to_string(format!("/proc/{}/{name}", server.id())).unwrap();
+    // 2000 calls (the 10000-port range has 5000 RTP sessions) + 1024 for signalling.
+    let wanted = 2000 + 1024;
+    let table: u64 = proc_file("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("FDSize line");
+    assert!(table >= wanted, "descriptor table {table} < {wanted}");
+    let soft: u64 = proc_file("limits")
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .map(|v| v.parse().unwrap())
+        .expect("Max open files line");
+    assert!(soft >= wanted, "soft descriptor limit {soft} < {wanted}");
+    assert!(
+        server.stderr_so_far().contains("descriptor table reserved"),
+        "{}",
+        server.stderr_so_far()
+    );
 }

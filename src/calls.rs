@@ -101,7 +101,9 @@ pub struct Calls {
     dtmf_mode: DtmfMode,
     ivr: IvrConfig,
     bridge: Bridge,
-    calls: HashMap<LegId, Call>,
+    /// Boxed: a `Call` is about 1 KB; a table of thousands growing would copy megabytes on
+    /// the signalling task.
+    calls: HashMap<LegId, Box<Call>>,
     /// IVR wake-ups; stale entries are harmless (a flow ignores an early `handle_timeout`).
     timers: BinaryHeap<Reverse<(Instant, LegId)>>,
     jobs: mpsc::UnboundedSender<Job>,
@@ -250,7 +252,7 @@ impl Calls {
                     .and_then(|u| ConferenceId::parse(&u));
                 self.calls.insert(
                     leg,
-                    Call {
+                    Box::new(Call {
                         span,
                         signalling_ip: call.source.addr.ip(),
                         source,
@@ -261,7 +263,7 @@ impl Calls {
                         rules: None,
                         playing: None,
                         panic_on_ack,
-                    },
+                    }),
                 );
                 endpoint.accept(now, leg, port);
             }

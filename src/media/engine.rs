@@ -1285,12 +1285,14 @@ struct Worker {
     /// Sessions whose home this is but that live on another worker now (in a meeting
     /// there): their commands are passed on, in order.
     forward: HashMap<SessionId, usize>,
-    meetings: HashMap<MixId, Mixer>,
+    meetings: HashMap<MixId, Box<Mixer>>,
     /// The slot each meeting's mix runs in: its first participant's here.
     meeting_slots: HashMap<MixId, usize>,
     /// Scratch for one participant's frame on its way into a mix.
     mix_in: [i16; FRAME_SAMPLES],
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed (a `Session` is 800 bytes), like the mixers: a table growing between two ticks
+    /// moves pointers, not megabytes.
+    sessions: HashMap<SessionId, Box<Session>>,
     /// The sessions of each time slot (each session is in its `Session::slot`'s list).
     slots: Vec<Vec<SessionId>>,
     clock: SlotClock,
@@ -1390,13 +1392,13 @@ impl Worker {
                 let slot = choose_slot(&self.slots, self.clock.index(now));
                 let mut media = CallMedia::new(sender, self.rtp_timeout);
                 media.set_frame_origin(self.clock.origin(slot));
-                let session = Session {
+                let session = Box::new(Session {
                     media,
                     socket,
                     port,
                     meeting: None,
                     slot,
-                };
+                });
                 if let Some(old) = self.insert_session(id, session) {
                     // The engine refuses duplicate ids; keep the pool honest regardless.
                     lock(&self.pool).release(old.port);
@@ -1438,7 +1440,6 @@ impl Worker {
                 self.leave_mix(id, &mut session);
                 if worker != self.index {
                     self.forward.insert(id, worker);
-                    let session = Box::new(session);
                     self.pass_on(worker, Command::Adopt { id, session });
                     self.pass_on(
                         worker,
@@ -1471,7 +1472,7 @@ impl Worker {
                 }
             }
             Command::Adopt { id, session } => {
-                if let Some(old) = self.insert_session(id, *session) {
+                if let Some(old) = self.insert_session(id, session) {
                     lock(&self.pool).release(old.port);
                 }
             }
@@ -1491,7 +1492,7 @@ impl Worker {
 
     /// Adds a session to the map and its slot's list; returns one it replaced (then the
     /// list already held the id, in that one's slot).
-    fn insert_session(&mut self, id: SessionId, session: Session) -> Option<Session> {
+    fn insert_session(&mut self, id: SessionId, session: Box<Session>) -> Option<Box<Session>> {
         let slot = session.slot;
         let old = self.sessions.insert(id, session);
         match &old {
@@ -1505,7 +1506,7 @@ impl Worker {
         old
     }
 
-    fn remove_session(&mut self, id: SessionId) -> Option<Session> {
+    fn remove_session(&mut self, id: SessionId) -> Option<Box<Session>> {
         let session = self.sessions.remove(&id)?;
         remove_id(&mut self.slots[session.slot], id);
         Some(session)

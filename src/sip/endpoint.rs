@@ -17,6 +17,7 @@ use rand::RngExt;
 use tracing::{debug, info, warn};
 
 use super::dialog::{Dialog, DialogId};
+use super::hashed::Hashed;
 use super::limits::{Limits, SourceLimiter, Verdict};
 use super::msg::{self, Message, Method, NameAddr, ParseError, Request, Response, Scheme, Uri};
 use super::sdp::{self, LocalMedia, Negotiated};
@@ -133,7 +134,7 @@ enum LegState {
 struct Leg {
     state: LegState,
     invite: Request,
-    invite_key: TxKey,
+    invite_key: TxTableKey,
     source: Peer,
     response_peer: Peer,
     local_tag: String,
@@ -146,6 +147,13 @@ struct Leg {
     bye_branch: Option<String>,
     /// Set when the leg ends once the BYE completes.
     end_reason: Option<EndReason>,
+}
+
+/// A server transaction's key, hashed once (see [`super::hashed`] for why).
+type TxTableKey = Hashed<TxKey>;
+
+fn server_key(req: &Request, for_invite: bool) -> TxTableKey {
+    Hashed::new(TxKey::server(req, for_invite))
 }
 
 /// Which machine a heap entry wakes.
@@ -162,14 +170,18 @@ pub struct Endpoint {
     cfg: EndpointConfig,
     next_id: u64,
     next_leg: u64,
-    invite_servers: HashMap<TxKey, (u64, InviteServer, Option<LegId>)>,
-    non_invite_servers: HashMap<TxKey, (u64, NonInviteServer)>,
+    // Tables keyed by `Hashed` keys with boxed values: growing one (tens of thousands of
+    // transactions at 1000 calls a second) moves 16-byte entries and hashes no strings.
+    invite_servers: HashMap<TxTableKey, Box<(u64, InviteServer, Option<LegId>)>>,
+    non_invite_servers: HashMap<TxTableKey, Box<(u64, NonInviteServer)>>,
     clients: HashMap<String, (u64, NonInviteClient, LegId)>,
     /// Transaction numbers to keys, so timer wakes find their machine.
-    wake_keys: HashMap<u64, TxKey>,
+    wake_keys: HashMap<u64, TxTableKey>,
     client_branches: HashMap<u64, String>,
-    legs: HashMap<LegId, Leg>,
-    dialogs: HashMap<DialogId, LegId>,
+    /// Boxed: a `Leg` is 1.5 KB, and a table of thousands growing copied megabytes while
+    /// INVITEs waited.
+    legs: HashMap<LegId, Box<Leg>>,
+    dialogs: HashMap<Hashed<DialogId>, LegId>,
     timers: BinaryHeap<Reverse<(Instant, Wake)>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -318,7 +330,7 @@ impl Endpoint {
         };
         leg.media = Some(media);
         let dialog = Dialog::from_invite(&leg.invite, &leg.local_tag, leg.source.clone());
-        self.dialogs.insert(dialog.id.clone(), leg_id);
+        self.dialogs.insert(Hashed::new(dialog.id.clone()), leg_id);
         leg.dialog = Some(dialog);
         leg.state = LegState::Answered;
         let leg = &self.legs[&leg_id];
@@ -411,15 +423,15 @@ impl Endpoint {
             Method::Cancel => return self.handle_cancel(now, req, peer),
             _ => {}
         }
-        let key = TxKey::server(&req, false);
+        let key = server_key(&req, false);
         if req.method == Method::Invite {
-            if let Some((_, tx, _)) = self.invite_servers.get_mut(&key) {
+            if let Some((_, tx, _)) = self.invite_servers.get_mut(&key).map(|e| &mut **e) {
                 // The transaction resends its last response (100, or our 2xx in Accepted).
                 tx.handle_request(now, &req);
                 self.drain_invite_server(&key);
                 return;
             }
-        } else if let Some((_, tx)) = self.non_invite_servers.get_mut(&key) {
+        } else if let Some((_, tx)) = self.non_invite_servers.get_mut(&key).map(|e| &mut **e) {
             tx.handle_request(now);
             self.drain_non_invite_server(&key);
             return;
@@ -477,7 +489,7 @@ impl Endpoint {
 
     /// `503 Service Unavailable` with `Retry-After` (RFC 3261 §21.5.4) to a new INVITE.
     fn busy(&mut self, now: Instant, req: &Request, peer: Peer) {
-        let key = TxKey::server(req, false);
+        let key = server_key(req, false);
         self.start_invite_server(now, key.clone(), peer, None);
         let resp = self
             .response(req, 503, "Service Unavailable", Some(&new_tag()))
@@ -555,7 +567,7 @@ impl Endpoint {
             if let Err(e) = sdp::answer(&req.body, &probe) {
                 let status = e.sip_status();
                 info!(call_id = %req.call_id, error = %e, "rejecting INVITE offer");
-                let key = TxKey::server(&req, false);
+                let key = server_key(&req, false);
                 self.start_invite_server(now, key.clone(), peer, None);
                 let resp = self
                     .response(&req, status, &reason_for(status), Some(&new_tag()))
@@ -567,7 +579,7 @@ impl Endpoint {
         }
         let leg_id = LegId(self.next_leg);
         self.next_leg += 1;
-        let key = TxKey::server(&req, false);
+        let key = server_key(&req, false);
         self.start_invite_server(now, key.clone(), peer.clone(), Some(leg_id));
         let local_tag = new_tag();
         let trying = self.response(&req, 100, "Trying", None);
@@ -584,7 +596,7 @@ impl Endpoint {
         };
         self.legs.insert(
             leg_id,
-            Leg {
+            Box::new(Leg {
                 state: LegState::Offered,
                 invite: req,
                 invite_key: key,
@@ -597,7 +609,7 @@ impl Endpoint {
                 two_xx: None,
                 bye_branch: None,
                 end_reason: None,
-            },
+            }),
         );
         self.stats.calls_started += 1;
         self.events.push_back(Event::Incoming {
@@ -612,7 +624,7 @@ impl Endpoint {
             local_tag: req.to.tag().unwrap_or_default().to_string(),
             remote_tag: req.from.tag().unwrap_or_default().to_string(),
         };
-        let Some(&leg_id) = self.dialogs.get(&id) else {
+        let Some(&leg_id) = self.dialogs.get(&Hashed::new(id)) else {
             return self.reply(
                 now,
                 &req,
@@ -665,7 +677,7 @@ impl Endpoint {
 
     /// A re-INVITE: hold, resume, codec change, new media address (RFC 3261 §14.2).
     fn reinvite(&mut self, now: Instant, leg_id: LegId, req: Request, peer: Peer) {
-        let key = TxKey::server(&req, false);
+        let key = server_key(&req, false);
         let leg = self.legs.get_mut(&leg_id).expect("caller checked");
         if leg.state != LegState::Confirmed
             || leg.two_xx.as_ref().is_some_and(|(_, r)| !r.is_done())
@@ -750,8 +762,8 @@ impl Endpoint {
 
     fn handle_ack(&mut self, now: Instant, req: Request) {
         // ACK for a non-2xx final response belongs to the INVITE transaction (§17.2.1).
-        let key = TxKey::server(&req, true);
-        if let Some((_, tx, _)) = self.invite_servers.get_mut(&key)
+        let key = server_key(&req, true);
+        if let Some((_, tx, _)) = self.invite_servers.get_mut(&key).map(|e| &mut **e)
             && tx.state() == InviteServerState::Completed
         {
             tx.handle_request(now, &req);
@@ -764,7 +776,7 @@ impl Endpoint {
             local_tag: req.to.tag().unwrap_or_default().to_string(),
             remote_tag: req.from.tag().unwrap_or_default().to_string(),
         };
-        let Some(&leg_id) = self.dialogs.get(&id) else {
+        let Some(&leg_id) = self.dialogs.get(&Hashed::new(id)) else {
             debug!(call_id = %req.call_id, "ACK matches no dialog; dropped");
             return;
         };
@@ -809,14 +821,18 @@ impl Endpoint {
 
     fn handle_cancel(&mut self, now: Instant, req: Request, peer: Peer) {
         // §9.2: CANCEL matches the INVITE transaction; it gets its own 200.
-        let cancel_key = TxKey::server(&req, false);
-        if let Some((_, tx)) = self.non_invite_servers.get_mut(&cancel_key) {
+        let cancel_key = server_key(&req, false);
+        if let Some((_, tx)) = self
+            .non_invite_servers
+            .get_mut(&cancel_key)
+            .map(|e| &mut **e)
+        {
             tx.handle_request(now);
             self.drain_non_invite_server(&cancel_key);
             return;
         }
-        let invite_key = TxKey::server(&req, true);
-        let Some((_, tx, leg)) = self.invite_servers.get(&invite_key) else {
+        let invite_key = server_key(&req, true);
+        let Some((_, tx, leg)) = self.invite_servers.get(&invite_key).map(|e| &**e) else {
             return self.reply(
                 now,
                 &req,
@@ -920,10 +936,14 @@ impl Endpoint {
             return;
         };
         if let Some(d) = &leg.dialog {
-            self.dialogs.remove(&d.id);
+            self.dialogs.remove(&Hashed::new(d.id.clone()));
         }
         // The INVITE transaction keeps absorbing retransmits, but no longer names the leg.
-        if let Some((_, _, l)) = self.invite_servers.get_mut(&leg.invite_key) {
+        if let Some((_, _, l)) = self
+            .invite_servers
+            .get_mut(&leg.invite_key)
+            .map(|e| &mut **e)
+        {
             *l = None;
         }
         self.stats.calls_ended += 1;
@@ -940,7 +960,7 @@ impl Endpoint {
                 let Some(key) = self.wake_keys.get(&id).cloned() else {
                     return;
                 };
-                if let Some((_, tx, _)) = self.invite_servers.get_mut(&key) {
+                if let Some((_, tx, _)) = self.invite_servers.get_mut(&key).map(|e| &mut **e) {
                     tx.handle_timeout(now);
                     self.drain_invite_server(&key);
                 }
@@ -949,7 +969,7 @@ impl Endpoint {
                 let Some(key) = self.wake_keys.get(&id).cloned() else {
                     return;
                 };
-                if let Some((_, tx)) = self.non_invite_servers.get_mut(&key) {
+                if let Some((_, tx)) = self.non_invite_servers.get_mut(&key).map(|e| &mut **e) {
                     tx.handle_timeout(now);
                     self.drain_non_invite_server(&key);
                 }
@@ -984,22 +1004,28 @@ impl Endpoint {
         }
     }
 
-    fn start_invite_server(&mut self, _now: Instant, key: TxKey, peer: Peer, leg: Option<LegId>) {
+    fn start_invite_server(
+        &mut self,
+        _now: Instant,
+        key: TxTableKey,
+        peer: Peer,
+        leg: Option<LegId>,
+    ) {
         let id = self.alloc_id();
         self.wake_keys.insert(id, key.clone());
         self.invite_servers
-            .insert(key, (id, InviteServer::new(peer), leg));
+            .insert(key, Box::new((id, InviteServer::new(peer), leg)));
     }
 
-    fn respond_invite(&mut self, now: Instant, key: &TxKey, bytes: Vec<u8>, status: u16) {
-        if let Some((_, tx, _)) = self.invite_servers.get_mut(key) {
+    fn respond_invite(&mut self, now: Instant, key: &TxTableKey, bytes: Vec<u8>, status: u16) {
+        if let Some((_, tx, _)) = self.invite_servers.get_mut(key).map(|e| &mut **e) {
             tx.respond(now, bytes, status);
         }
         self.drain_invite_server(key);
     }
 
-    fn drain_invite_server(&mut self, key: &TxKey) {
-        let Some((id, tx, _)) = self.invite_servers.get_mut(key) else {
+    fn drain_invite_server(&mut self, key: &TxTableKey) {
+        let Some((id, tx, _)) = self.invite_servers.get_mut(key).map(|e| &mut **e) else {
             return;
         };
         let id = *id;
@@ -1014,8 +1040,8 @@ impl Endpoint {
         }
     }
 
-    fn drain_non_invite_server(&mut self, key: &TxKey) {
-        let Some((id, tx)) = self.non_invite_servers.get_mut(key) else {
+    fn drain_non_invite_server(&mut self, key: &TxTableKey) {
+        let Some((id, tx)) = self.non_invite_servers.get_mut(key).map(|e| &mut **e) else {
             return;
         };
         let id = *id;
@@ -1097,7 +1123,7 @@ impl Endpoint {
     fn reply(&mut self, now: Instant, req: &Request, peer: Peer, reply: Reply) {
         let status = reply.status();
         let resp = self.reply_response(req, &peer, reply);
-        let key = TxKey::server(req, false);
+        let key = server_key(req, false);
         if req.method == Method::Invite {
             self.start_invite_server(now, key.clone(), peer, None);
             self.respond_invite(now, &key, resp.to_bytes(), status);
@@ -1107,7 +1133,8 @@ impl Endpoint {
         self.wake_keys.insert(id, key.clone());
         let mut tx = NonInviteServer::new(peer);
         tx.respond(now, resp.to_bytes(), status);
-        self.non_invite_servers.insert(key.clone(), (id, tx));
+        self.non_invite_servers
+            .insert(key.clone(), Box::new((id, tx)));
         self.drain_non_invite_server(&key);
     }
 

@@ -4,6 +4,7 @@
 
 pub mod dialog;
 pub mod endpoint;
+pub mod hashed;
 pub mod limits;
 pub mod msg;
 pub mod sdp;

@@ -86,6 +86,9 @@ struct Call {
     rules: Option<Rules>,
     /// What the call is hearing, to match the engine's "playback finished" to a `Sound`.
     playing: Option<Sound>,
+    /// The meeting mix the bridge put the call in, joined once the IVR's prompt for it has
+    /// gone to the engine (see `run_flow`).
+    joining: Option<MixId>,
     /// Test builds only (`fault-injection`): the call asked to panic once confirmed.
     panic_on_ack: bool,
 }
@@ -262,6 +265,7 @@ impl Calls {
                         flow: None,
                         rules: None,
                         playing: None,
+                        joining: None,
                         panic_on_ack,
                     }),
                 );
@@ -584,6 +588,11 @@ impl Calls {
             };
             self.flow_action(now, leg, action, endpoint);
         }
+        if let Some(meeting) = self.calls.get_mut(&leg).and_then(|c| c.joining.take())
+            && let Err(e) = self.engine.join_meeting(SessionId(leg.0), meeting)
+        {
+            warn!(leg = leg.0, meeting = meeting.0, error = %e, "could not join the mix");
+        }
         if let Some(at) = self.flow(leg).and_then(|f| f.poll_timeout()) {
             self.timers.push(Reverse((at, leg)));
         }
@@ -767,14 +776,21 @@ impl Calls {
                             info!(conference = ?conference.as_ref().map(ConferenceId::as_str), %meeting, participants, "joined the meeting")
                         });
                     }
-                    if let Err(e) = self.engine.join_meeting(SessionId(leg.0), MixId(meeting.0)) {
-                        warn!(leg = leg.0, %meeting, error = %e, "could not join the mix");
+                    // The IVR's "joined"/"starting" prompt goes to the engine first and the
+                    // session joins the mix right after it (in `run_flow`): joined first, the
+                    // caller heard a few frames of the meeting before the prompt cut in
+                    // whenever the deferred flow ran a little later (seen under load).
+                    if let Some(call) = self.calls.get_mut(&leg) {
+                        call.joining = Some(MixId(meeting.0));
                     }
                     self.in_flow(leg, |flow| flow.handle_meeting_started(now));
                     self.run_flow_later(leg, now);
                 }
                 bridge::Action::LeaveMix { leg, meeting } => {
                     debug!(leg = leg.0, %meeting, "left the mix");
+                    if let Some(call) = self.calls.get_mut(&leg) {
+                        call.joining = None;
+                    }
                     // The call may be torn down already (its session closed): nothing to do.
                     let _ = self.engine.leave_meeting(SessionId(leg.0));
                 }
@@ -796,6 +812,9 @@ impl Calls {
                     let _ = self.engine.set_muted(SessionId(leg.0), muted);
                 }
                 bridge::Action::End { leg } => {
+                    if let Some(call) = self.calls.get_mut(&leg) {
+                        call.joining = None;
+                    }
                     let _ = self.engine.leave_meeting(SessionId(leg.0));
                     self.in_flow(leg, |flow| flow.handle_meeting_ended(now));
                     self.run_flow_later(leg, now);

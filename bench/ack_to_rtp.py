@@ -73,8 +73,12 @@ def main():
         port = port_of.get(cid)
         if port is None:
             continue
-        # The first marked packet from that port after the 200 (ports are reused).
-        times = [x for x in firsts.get(port, []) if x >= ok_at[cid]]
+        # The first marked packet from that port since the INVITE (ports are reused, never
+        # while a call holds them). Not "since the 200": the media session can send its first
+        # packet microseconds before the 200 OK is captured (another CPU), and that call then
+        # matched the port's next call, seconds later.
+        since = invites.get(cid, ok_at[cid])
+        times = [x for x in firsts.get(port, []) if x >= since]
         if not times:
             continue
         delays.append(max(0.0, min(times) - ack) * 1000)

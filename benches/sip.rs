@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pinbridge::sip::endpoint::{Endpoint, EndpointConfig, Event};
+use pinbridge::sip::limits::{Limits, RateLimit};
 use pinbridge::sip::msg;
 use pinbridge::sip::transport::{Peer, Transport};
 
@@ -75,10 +76,16 @@ fn parse(c: &mut Criterion) {
 fn endpoint(c: &mut Criterion) {
     c.bench_function("sip/endpoint/call_invite_accept_ack_bye", |b| {
         b.iter_custom(|iters| {
+            // Every call comes from one peer, as from SIPp run with `--invite-rate 0`.
             let mut ep = Endpoint::new(EndpointConfig {
                 sip_addr: "127.0.0.1:5060".parse().expect("address"),
                 media_ip: "127.0.0.1".parse().expect("address"),
                 user_agent: "pinbridge/bench".into(),
+            })
+            .with_limits(Limits {
+                invites: RateLimit::UNLIMITED,
+                messages: RateLimit::UNLIMITED,
+                ..Limits::default()
             });
             let mut now = Instant::now();
             let mut spent = Duration::ZERO;

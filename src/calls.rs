@@ -91,6 +91,8 @@ struct Call {
     joining: Option<MixId>,
     /// Test builds only (`fault-injection`): the call asked to panic once confirmed.
     panic_on_ack: bool,
+    /// Test builds only (`fault-injection`): the call's deferred IVR steps run late.
+    slow_flow: bool,
 }
 
 /// The per-process application state.
@@ -267,6 +269,7 @@ impl Calls {
                         playing: None,
                         joining: None,
                         panic_on_ack,
+                        slow_flow: fault::slow_flow_wanted(call.from.uri.user.as_deref()),
                     }),
                 );
                 endpoint.accept(now, leg, port);
@@ -831,7 +834,12 @@ impl Calls {
     /// Flows touched while the bridge is being drained run on the next wake-up (at once):
     /// running them inline could re-enter the bridge mid-drain.
     fn run_flow_later(&mut self, leg: LegId, now: Instant) {
-        self.timers.push(Reverse((now, leg)));
+        let at = if self.calls.get(&leg).is_some_and(|c| c.slow_flow) {
+            now + fault::SLOW_FLOW_DELAY
+        } else {
+            now
+        };
+        self.timers.push(Reverse((at, leg)));
     }
 }
 

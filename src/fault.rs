@@ -1,6 +1,8 @@
 //! Test-only fault injection: ways for the integration tests to make the real binary panic in
 //! one call's signalling or in one media session, to prove that a panic is contained to that
-//! call (`tests/faults.rs`).
+//! call (`tests/faults.rs`), and to make one call's deferred IVR steps late, as they are on a
+//! loaded server, to prove that what the caller hears does not depend on their timing
+//! (`tests/meeting.rs`).
 //!
 //! Everything here is compiled in only with the `fault-injection` cargo feature, which is off
 //! by default and turned on for test builds alone (see `Cargo.toml`). Without it the checks
@@ -21,6 +23,17 @@ pub const fn signalling_user(fault: SignallingFault) -> &'static str {
         SignallingFault::OnInvite => "fault-panic-on-invite",
         SignallingFault::OnAck => "fault-panic-on-ack",
     }
+}
+
+/// The From user of a call whose deferred IVR steps (`Calls::run_flow_later`) run
+/// [`SLOW_FLOW_DELAY`] late instead of on the signalling task's next turn.
+pub const SLOW_FLOW_CALLER: &str = "fault-slow-flow";
+pub const SLOW_FLOW_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Whether the call from `from_user` asked for slow deferred IVR steps; always false without
+/// the feature.
+pub fn slow_flow_wanted(from_user: Option<&str>) -> bool {
+    cfg!(feature = "fault-injection") && from_user == Some(SLOW_FLOW_CALLER)
 }
 
 /// An RTP payload starting with these octets, accepted by a call, makes its media session

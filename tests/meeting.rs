@@ -6,6 +6,9 @@
 //! receives finds the others' tones and not its own; after `*6` nobody hears the muted
 //! caller).
 //!
+//! A caller whose IVR steps run late (a test-only hook, as on a loaded server) still hears
+//! its "meeting is starting" prompt before the meeting, not after a few frames of it.
+//!
 //! Progress is read from the server's info log, per call (its Call-ID is in the call's
 //! span): `waiting in the lobby`, `organizer PIN verified`, `joined the meeting`.
 
@@ -25,6 +28,8 @@ const EVENT_PT: u8 = 101;
 /// The "not correct" prompt, after which the PIN prompt takes keys again (2.5 s, and a
 /// margin).
 const PIN_INCORRECT_PROMPT: Duration = Duration::from_millis(3000);
+/// The "enter the PIN" prompt (about 2 s), and a margin.
+const PIN_PROMPT: Duration = Duration::from_millis(3500);
 /// Peak amplitude of each participant's tone (about −12 dBm0).
 const TONE_AMPLITUDE: i16 = 6000;
 
@@ -56,11 +61,16 @@ impl Caller {
 
     /// Dials from `sip:anonymous@anonymous.invalid` (RFC 3323 anonymous caller).
     fn dial_anonymous(server: &Server, user: &str) -> Caller {
+        Caller::dial_from(server, user, "sip:anonymous@anonymous.invalid")
+    }
+
+    /// Dials `user@server` from `from_uri` (the From header's address).
+    fn dial_from(server: &Server, user: &str, from_uri: &str) -> Caller {
         let mut client = SipClient::udp(server.sip_addr());
         let rtp = RtpReceiver::bind();
         let offer = SdpOffer::new(rtp.addr()).pcmu().telephone_event(EVENT_PT);
         let mut call = client.new_call(user);
-        call.local_uri = "sip:anonymous@anonymous.invalid".into();
+        call.local_uri = from_uri.into();
         client.send_invite(&mut call, Some(("application/sdp", &offer.render())), &[]);
         let ok = client.expect_final(&mut call, "INVITE", SIP_STEP);
         assert_eq!(ok.status(), Some(200), "{}", ok.to_text());
@@ -363,4 +373,89 @@ fn five_wrong_pins_lock_organizer_pin_entry_for_the_conference() {
     }
     second.hang_up();
     third.hang_up();
+}
+
+/// A caller in the lobby hears the "meeting is starting" prompt first when the meeting
+/// starts, and the meeting after it, never a few frames of the meeting and then the prompt
+/// cutting in — however late the IVR's deferred step runs. The caller asks (test builds
+/// only) for its deferred IVR steps to run 300 ms late, as they may on a loaded server; when
+/// the session joined the mix before its prompt was sent, it heard the meeting first.
+#[test]
+fn a_lobby_caller_hears_the_starting_prompt_before_the_meeting() {
+    let server = Server::builder()
+        .organizer("amos.marble@contoso.com", &[])
+        .log_level("info")
+        .start();
+    let org = server.organizer("amos.marble@contoso.com").clone();
+    // Another lobby caller talks already, so the meeting is audible from its first frame.
+    const TALKER_HZ: f64 = 1000.0;
+    let mut talker = Caller::dial(&server, &org.conference);
+    wait_call_log(&server, talker.call_id(), "waiting in the lobby", 1);
+    talker.talk(Signal::Tone {
+        hz: TALKER_HZ,
+        amplitude: TONE_AMPLITUDE,
+    });
+    // The caller under test has started PIN entry itself and is silent once the PIN prompt
+    // is over: nothing plays for it when the meeting starts, so whatever it hears first
+    // after that is either its prompt or the meeting.
+    let from = format!("sip:{}@127.0.0.1", pinbridge::fault::SLOW_FLOW_CALLER);
+    let mut waiting = Caller::dial_from(&server, &org.conference, &from);
+    wait_call_log(&server, waiting.call_id(), "waiting in the lobby", 1);
+    waiting.press("*");
+    wait_call_log(&server, waiting.call_id(), "organizer PIN entry", 1);
+    std::thread::sleep(PIN_PROMPT);
+
+    let mut o = Caller::dial(&server, &org.conference);
+    wait_call_log(&server, o.call_id(), "waiting in the lobby", 1);
+    o.press("*");
+    wait_call_log(&server, o.call_id(), "organizer PIN entry", 1);
+    waiting.rtp.recv_for(Duration::from_millis(30));
+    o.press(&format!("{}#", org.pin));
+    // Silence, the PIN check and the deferred step, the prompt, a few seconds of the meeting.
+    let heard = waiting.rtp.recv_for(Duration::from_secs(8));
+    wait_call_log(&server, waiting.call_id(), "joined the meeting", 1);
+
+    // Each 20 ms frame: the other caller's tone (the meeting), silence, or something else
+    // (hold music, a prompt). The tone at −12 dBm0 scores about 0.03; music and speech far
+    // less.
+    let frames: Vec<&str> = heard
+        .iter()
+        .filter_map(|p| common::g711::decode_payload(p.payload_type, &p.payload))
+        .map(|pcm| {
+            let mean_abs = pcm.iter().map(|&x| i64::from(x).abs()).sum::<i64>() / pcm.len() as i64;
+            if tone_power(&pcm, TALKER_HZ) > 0.01 {
+                "meeting"
+            } else if mean_abs < 50 {
+                "silence"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    // Runs of equal frames, for the failure messages: [("silence", 66), ("other", 64), …].
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for &f in &frames {
+        match runs.last_mut() {
+            Some((g, n)) if *g == f => *n += 1,
+            _ => runs.push((f, 1)),
+        }
+    }
+    let first_meeting = frames
+        .iter()
+        .position(|&f| f == "meeting")
+        .unwrap_or_else(|| panic!("the lobby caller never heard the other one: {runs:?}"));
+    let after = &frames[first_meeting..];
+    let prompt_after = after.iter().filter(|&&f| f == "other").count();
+    assert!(
+        prompt_after <= 2,
+        "{prompt_after} frames of prompt after the meeting was first heard (frame {first_meeting}): \
+         the caller heard the meeting before its prompt; what it heard: {runs:?}"
+    );
+    assert!(
+        after.iter().filter(|&&f| f == "meeting").count() > 50,
+        "the meeting goes on after the prompt: {runs:?}"
+    );
+    for caller in [o, talker, waiting] {
+        caller.hang_up();
+    }
 }

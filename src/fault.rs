@@ -28,7 +28,7 @@ pub const fn signalling_user(fault: SignallingFault) -> &'static str {
 /// The From user of a call whose deferred IVR steps (`Calls::run_flow_later`) run
 /// [`SLOW_FLOW_DELAY`] late instead of on the signalling task's next turn.
 pub const SLOW_FLOW_CALLER: &str = "fault-slow-flow";
-pub const SLOW_FLOW_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+pub const SLOW_FLOW_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether the call from `from_user` asked for slow deferred IVR steps; always false without
 /// the feature.

@@ -104,6 +104,22 @@ impl Caller {
         self.rtp.send_plan(self.d.media, &packets);
     }
 
+    /// Presses `keys` as SIP INFO (`application/dtmf-relay`), each answered 200: no RTP, so
+    /// the caller's audio stream (`talk`) goes on untouched.
+    fn press_by_info(&mut self, keys: &str) {
+        for key in keys.chars() {
+            let body = format!("Signal={key}\r\nDuration=160\r\n");
+            self.client.request(
+                &mut self.d.call,
+                "INFO",
+                &[],
+                Some(("application/dtmf-relay", &body)),
+            );
+            let resp = self.client.expect_final(&mut self.d.call, "INFO", SIP_STEP);
+            assert_eq!(resp.status(), Some(200), "{}", resp.to_text());
+        }
+    }
+
     /// Keeps sending `signal` (20 ms PCMU frames) until stopped, at most a minute.
     fn talk(&mut self, signal: Signal) {
         self.sender = None;
@@ -375,10 +391,29 @@ fn five_wrong_pins_lock_organizer_pin_entry_for_the_conference() {
     third.hang_up();
 }
 
+/// The tone of the lobby caller who talks in the tests of late IVR steps.
+const TALKER_HZ: f64 = 1000.0;
+
+/// Two callers waiting in `conference`'s lobby: one already sending its [`TALKER_HZ`] tone,
+/// and one from `fault-slow-flow`, whose deferred IVR steps run late (test builds only,
+/// `pinbridge::fault::SLOW_FLOW_CALLER`).
+fn talker_and_slow_caller(server: &Server, conference: &str) -> (Caller, Caller) {
+    let mut talker = Caller::dial(server, conference);
+    wait_call_log(server, talker.call_id(), "waiting in the lobby", 1);
+    talker.talk(Signal::Tone {
+        hz: TALKER_HZ,
+        amplitude: TONE_AMPLITUDE,
+    });
+    let from = format!("sip:{}@127.0.0.1", pinbridge::fault::SLOW_FLOW_CALLER);
+    let slow = Caller::dial_from(server, conference, &from);
+    wait_call_log(server, slow.call_id(), "waiting in the lobby", 1);
+    (talker, slow)
+}
+
 /// A caller in the lobby hears the "meeting is starting" prompt first when the meeting
 /// starts, and the meeting after it, never a few frames of the meeting and then the prompt
 /// cutting in — however late the IVR's deferred step runs. The caller asks (test builds
-/// only) for its deferred IVR steps to run 300 ms late, as they may on a loaded server; when
+/// only) for its deferred IVR steps to run 1 s late, as they may (less) on a loaded server; when
 /// the session joined the mix before its prompt was sent, it heard the meeting first.
 #[test]
 fn a_lobby_caller_hears_the_starting_prompt_before_the_meeting() {
@@ -387,20 +422,11 @@ fn a_lobby_caller_hears_the_starting_prompt_before_the_meeting() {
         .log_level("info")
         .start();
     let org = server.organizer("amos.marble@contoso.com").clone();
-    // Another lobby caller talks already, so the meeting is audible from its first frame.
-    const TALKER_HZ: f64 = 1000.0;
-    let mut talker = Caller::dial(&server, &org.conference);
-    wait_call_log(&server, talker.call_id(), "waiting in the lobby", 1);
-    talker.talk(Signal::Tone {
-        hz: TALKER_HZ,
-        amplitude: TONE_AMPLITUDE,
-    });
+    // The other lobby caller talks already, so the meeting is audible from its first frame.
+    let (talker, mut waiting) = talker_and_slow_caller(&server, &org.conference);
     // The caller under test has started PIN entry itself and is silent once the PIN prompt
     // is over: nothing plays for it when the meeting starts, so whatever it hears first
     // after that is either its prompt or the meeting.
-    let from = format!("sip:{}@127.0.0.1", pinbridge::fault::SLOW_FLOW_CALLER);
-    let mut waiting = Caller::dial_from(&server, &org.conference, &from);
-    wait_call_log(&server, waiting.call_id(), "waiting in the lobby", 1);
     waiting.press("*");
     wait_call_log(&server, waiting.call_id(), "organizer PIN entry", 1);
     std::thread::sleep(PIN_PROMPT);
@@ -458,4 +484,92 @@ fn a_lobby_caller_hears_the_starting_prompt_before_the_meeting() {
     for caller in [o, talker, waiting] {
         caller.hang_up();
     }
+}
+
+/// `*6` pressed the moment the meeting starts holds, and `*6` again undoes it. The caller's
+/// IVR steps run 1 s late (the test-only hook above), so its keys arrive while its join into
+/// the mix is still pending: the first key runs its IVR steps and the pending join with them,
+/// and the mute that follows must reach a session that is in the mix.
+#[test]
+fn a_mute_pressed_as_the_meeting_starts_holds() {
+    let server = Server::builder()
+        .organizer("amos.marble@contoso.com", &[])
+        .log_level("info")
+        .start();
+    let org = server.organizer("amos.marble@contoso.com").clone();
+    const MUTED_HZ: f64 = 600.0;
+    let (mut talker, mut muted) = talker_and_slow_caller(&server, &org.conference);
+    muted.talk(Signal::Tone {
+        hz: MUTED_HZ,
+        amplitude: TONE_AMPLITUDE,
+    });
+
+    let mut o = Caller::dial(&server, &org.conference);
+    wait_call_log(&server, o.call_id(), "waiting in the lobby", 1);
+    o.press("*");
+    wait_call_log(&server, o.call_id(), "organizer PIN entry", 1);
+    o.press(&format!("{}#", org.pin));
+    wait_call_log(&server, muted.call_id(), "joined the meeting", 1);
+    muted.press_by_info("*6");
+    wait_call_log(&server, muted.call_id(), "caller toggled mute", 1);
+    // The test means something only if the mute came while the join was still pending.
+    let at = |needle: &str| {
+        let line = call_lines(&server, muted.call_id(), needle).remove(0);
+        log_seconds(&line).unwrap_or_else(|| panic!("no timestamp in {line:?}"))
+    };
+    let (joined, toggled) = (at("joined the meeting"), at("caller toggled mute"));
+    assert!(
+        toggled - joined < pinbridge::fault::SLOW_FLOW_DELAY.as_secs_f64(),
+        "the mute came {:.3} s after the bridge's join, after the deferred step",
+        toggled - joined
+    );
+
+    // The prompts ("starting", "muted") end; then the others must not hear the muted caller.
+    std::thread::sleep(Duration::from_secs(4));
+    let full = (f64::from(TONE_AMPLITUDE) / 32768.0).powi(2);
+    let powers = |talker: &mut Caller, o: &mut Caller| -> Vec<(f64, f64)> {
+        [talker, o]
+            .into_iter()
+            .map(|caller| {
+                let pcm = decode_stream(&caller.listen(Duration::from_millis(1500)));
+                assert!(pcm.len() >= 8000, "received {} samples", pcm.len());
+                (
+                    tone_power(&pcm, MUTED_HZ) / full,
+                    tone_power(&pcm, TALKER_HZ) / full,
+                )
+            })
+            .collect()
+    };
+    let muted_heard = powers(&mut talker, &mut o);
+    assert!(
+        muted_heard.iter().all(|&(m, _)| m < 0.001),
+        "the talker and the organizer hear the muted caller (power of its tone, of the \
+         talker's): {muted_heard:.4?}"
+    );
+    assert!(
+        muted_heard[1].1 > 0.25,
+        "the organizer does not hear the talker: {muted_heard:.4?}"
+    );
+    // The control: unmuted, its tone is heard, so the silence above was the mute.
+    muted.press_by_info("*6");
+    wait_call_log(&server, muted.call_id(), "caller toggled mute", 2);
+    std::thread::sleep(Duration::from_secs(3));
+    let unmuted_heard = powers(&mut talker, &mut o);
+    assert!(
+        unmuted_heard.iter().all(|&(m, _)| m > 0.25),
+        "unmuted, the caller is not heard: {unmuted_heard:.4?}"
+    );
+    for caller in [o, talker, muted] {
+        caller.hang_up();
+    }
+}
+
+/// Seconds of the day of a log line's `2026-12-07T19:34:21.418555Z` timestamp.
+fn log_seconds(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split('T').nth(1)?;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }

@@ -17,11 +17,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::call_log::{STEP_WAIT, assert_not_logged, wait_call_log};
-use common::rtp::MediaPlan;
-use common::{Dialed, RtpReceiver, SIP_STEP, SdpOffer, Server, SipClient};
+use common::caller::Caller;
+use common::{Server, SipClient};
 use serde_json::Value;
 
-const EVENT_PT: u8 = 101;
 /// The "not correct" prompt (2.5 s), after which the PIN prompt takes keys again.
 const SORRY_PROMPT: Duration = Duration::from_millis(3000);
 /// The "not recognised" prompt (3.5 s), after which the ID prompt takes keys again.
@@ -39,91 +38,32 @@ const FIRST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const SECOND: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const TRUNK: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 
-/// One caller: SIP from a chosen address, RTP (RFC 4733 keys) from 127.0.0.1.
-struct Caller {
-    client: SipClient,
-    rtp: RtpReceiver,
-    d: Dialed,
-    plan: MediaPlan,
+/// Dials `user` from `ip` (SIP; RTP from 127.0.0.1), optionally as caller `number` (From
+/// and P-Asserted-Identity); `Err` with the final response when it is not 200.
+fn try_dial(
+    server: &Server,
+    ip: IpAddr,
+    user: &str,
+    number: Option<&str>,
+) -> Result<Caller, common::SipMessage> {
+    let client = SipClient::udp_from(ip, server.sip_addr());
+    let from = number.map(|n| format!("sip:{n}@{ip}"));
+    let pai = number.map(|n| format!("<sip:{n}@carrier.example>"));
+    let headers: Vec<(&str, &str)> = pai
+        .iter()
+        .map(|p| ("P-Asserted-Identity", p.as_str()))
+        .collect();
+    Caller::try_dial(client, user, from.as_deref(), &headers)
 }
 
-impl Caller {
-    /// Dials `user` from `ip`, optionally as caller `number` (From and P-Asserted-Identity);
-    /// `Err` with the final response when it is not 200.
-    fn try_dial(
-        server: &Server,
-        ip: IpAddr,
-        user: &str,
-        number: Option<&str>,
-    ) -> Result<Caller, common::SipMessage> {
-        let mut client = SipClient::udp_from(ip, server.sip_addr());
-        let rtp = RtpReceiver::bind();
-        let offer = SdpOffer::new(rtp.addr()).pcmu().telephone_event(EVENT_PT);
-        let mut call = client.new_call(user);
-        let pai;
-        let mut headers = Vec::new();
-        if let Some(n) = number {
-            call.local_uri = format!("sip:{n}@{ip}");
-            pai = format!("<sip:{n}@carrier.example>");
-            headers.push(("P-Asserted-Identity", pai.as_str()));
-        }
-        client.send_invite(
-            &mut call,
-            Some(("application/sdp", &offer.render())),
-            &headers,
-        );
-        let ok = client.expect_final(&mut call, "INVITE", SIP_STEP);
-        client.ack(&call, &ok);
-        if ok.status() != Some(200) {
-            return Err(ok);
-        }
-        let answer = ok.sdp().expect("an SDP answer");
-        let media = answer.audio_addr().expect("an audio address");
-        let d = Dialed {
-            call,
-            ok,
-            answer,
-            media,
-            payload_type: 0,
-        };
-        Ok(Caller {
-            client,
-            rtp,
-            d,
-            plan: MediaPlan::new(0),
-        })
-    }
-
-    fn dial(server: &Server, ip: IpAddr, user: &str, number: Option<&str>) -> Caller {
-        Self::try_dial(server, ip, user, number)
-            .unwrap_or_else(|r| panic!("INVITE from {ip} answered {:?}", r.start_line))
-    }
-
-    fn call_id(&self) -> String {
-        self.d.call.call_id.clone()
-    }
-
-    fn press(&mut self, keys: &str) {
-        self.plan.silence(2).key_presses(EVENT_PT, keys, 3, 3);
-        let packets = self.plan.take_packets();
-        self.rtp.send_plan(self.d.media, &packets);
-    }
-
-    /// Waits for the server's BYE and answers it.
-    fn expect_hung_up(mut self) {
-        let bye = self.client.expect_request(&self.d.call, "BYE", STEP_WAIT);
-        self.client.respond(&bye, 200, "OK");
-    }
-
-    fn hang_up(mut self) {
-        self.client.bye(&mut self.d.call);
-        let _ = self.client.recv(Duration::from_secs(2));
-    }
+fn dial(server: &Server, ip: IpAddr, user: &str, number: Option<&str>) -> Caller {
+    try_dial(server, ip, user, number)
+        .unwrap_or_else(|r| panic!("INVITE from {ip} answered {:?}", r.start_line))
 }
 
 /// Asserts an INVITE from `ip` (as `number`) is refused with 403 and the Warning.
 fn assert_refused(server: &Server, ip: IpAddr, user: &str, number: Option<&str>) {
-    match Caller::try_dial(server, ip, user, number) {
+    match try_dial(server, ip, user, number) {
         Ok(_) => panic!("a blocked source ({ip} {number:?}) got in"),
         Err(r) => {
             assert_eq!(r.status(), Some(403), "{}", r.to_text());
@@ -213,38 +153,38 @@ fn wrong_pins_from_one_source_across_conferences_block_it_but_not_others() {
     let wrong = wrong_pins(&a.pin, 4);
 
     // A caller from 127.0.0.1 already waiting in conference B's lobby (before any block).
-    let mut waiting = Caller::dial(&server, FIRST, &b.conference, None);
-    wait_call_log(&server, &waiting.call_id(), "waiting in the lobby", 1);
+    let mut waiting = dial(&server, FIRST, &b.conference, None);
+    wait_call_log(&server, waiting.call_id(), "waiting in the lobby", 1);
 
     // Call 1, conference A: three wrong PINs, then the per-call limit hangs up.
-    let mut first = Caller::dial(&server, FIRST, &a.conference, None);
-    wait_call_log(&server, &first.call_id(), "waiting in the lobby", 1);
+    let mut first = dial(&server, FIRST, &a.conference, None);
+    wait_call_log(&server, first.call_id(), "waiting in the lobby", 1);
     first.press("*");
-    wait_call_log(&server, &first.call_id(), "organizer PIN entry", 1);
+    wait_call_log(&server, first.call_id(), "organizer PIN entry", 1);
     for (n, pin) in wrong[..3].iter().enumerate() {
         first.press(&format!("{pin}#"));
-        wait_call_log(&server, &first.call_id(), "organizer PIN wrong", n + 1);
+        wait_call_log(&server, first.call_id(), "organizer PIN wrong", n + 1);
         std::thread::sleep(SORRY_PROMPT);
     }
-    wait_call_log(&server, &first.call_id(), "too many wrong PINs", 1);
-    first.expect_hung_up();
+    wait_call_log(&server, first.call_id(), "too many wrong PINs", 1);
+    first.expect_hung_up(STEP_WAIT);
 
     // Call 2, conference B: the 4th wrong PIN from this source blocks it; hung up at once.
-    let mut second = Caller::dial(&server, FIRST, &b.conference, None);
-    wait_call_log(&server, &second.call_id(), "waiting in the lobby", 1);
+    let mut second = dial(&server, FIRST, &b.conference, None);
+    wait_call_log(&server, second.call_id(), "waiting in the lobby", 1);
     second.press("*");
-    wait_call_log(&server, &second.call_id(), "organizer PIN entry", 1);
+    wait_call_log(&server, second.call_id(), "organizer PIN entry", 1);
     second.press(&format!("{}#", wrong[3]));
-    wait_call_log(&server, &second.call_id(), "caller's source is blocked", 1);
-    second.expect_hung_up();
+    wait_call_log(&server, second.call_id(), "caller's source is blocked", 1);
+    second.expect_hung_up(STEP_WAIT);
 
     // The caller who was already in the lobby keys conference B's right PIN: refused
     // without argon2 (nothing verified, a `source.refused` audit entry), and hung up.
     waiting.press("*");
-    wait_call_log(&server, &waiting.call_id(), "organizer PIN entry", 1);
+    wait_call_log(&server, waiting.call_id(), "organizer PIN entry", 1);
     waiting.press(&format!("{}#", b.pin));
-    wait_call_log(&server, &waiting.call_id(), "caller's source is blocked", 1);
-    waiting.expect_hung_up();
+    wait_call_log(&server, waiting.call_id(), "caller's source is blocked", 1);
+    waiting.expect_hung_up(STEP_WAIT);
     assert!(
         server
             .log_lines_with(&["organizer PIN verified"])
@@ -259,12 +199,12 @@ fn wrong_pins_from_one_source_across_conferences_block_it_but_not_others() {
     assert_eq!(server.log_lines_with(&["media negotiated"]).len(), opened);
 
     // 127.0.0.2 has its own budget: the right PIN starts conference A's meeting.
-    let mut other = Caller::dial(&server, SECOND, &a.conference, None);
-    wait_call_log(&server, &other.call_id(), "waiting in the lobby", 1);
+    let mut other = dial(&server, SECOND, &a.conference, None);
+    wait_call_log(&server, other.call_id(), "waiting in the lobby", 1);
     other.press("*");
-    wait_call_log(&server, &other.call_id(), "organizer PIN entry", 1);
+    wait_call_log(&server, other.call_id(), "organizer PIN entry", 1);
     other.press(&format!("{}#", a.pin));
-    wait_call_log(&server, &other.call_id(), "organizer PIN verified", 1);
+    wait_call_log(&server, other.call_id(), "organizer PIN verified", 1);
     other.hang_up();
 
     // Audited: 4 failures, the block, the refused PIN, one entry for the three refused calls.
@@ -325,8 +265,8 @@ fn wrong_pins_from_one_source_across_conferences_block_it_but_not_others() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(blocked_sources(&server).is_empty());
-    let back = Caller::dial(&server, FIRST, &a.conference, None);
-    wait_call_log(&server, &back.call_id(), "waiting in the lobby", 1);
+    let back = dial(&server, FIRST, &a.conference, None);
+    wait_call_log(&server, back.call_id(), "waiting in the lobby", 1);
     back.hang_up();
     let log = audit_actions(&server);
     assert!(
@@ -357,18 +297,18 @@ fn unknown_conference_ids_block_a_source_and_a_trusted_trunk_is_keyed_by_caller(
 
     // Keys unknown IDs on one call until hung up (per-call limit 3) or blocked.
     let spray = |ip: IpAddr, number: Option<&str>, ids: &[&str], end: &str| {
-        let mut c = Caller::dial(&server, ip, "service", number);
-        wait_call_log(&server, &c.call_id(), "IVR start", 1);
+        let mut c = dial(&server, ip, "service", number);
+        wait_call_log(&server, c.call_id(), "IVR start", 1);
         std::thread::sleep(Duration::from_millis(500));
         for (n, id) in ids.iter().enumerate() {
             c.press(&format!("{id}#"));
             if n + 1 < ids.len() {
-                wait_call_log(&server, &c.call_id(), "conference ID unknown", n + 1);
+                wait_call_log(&server, c.call_id(), "conference ID unknown", n + 1);
                 std::thread::sleep(ID_UNKNOWN_PROMPT);
             }
         }
-        wait_call_log(&server, &c.call_id(), end, 1);
-        c.expect_hung_up();
+        wait_call_log(&server, c.call_id(), end, 1);
+        c.expect_hung_up(STEP_WAIT);
     };
 
     // 127.0.0.1: three unknown IDs (the call ends), then the fourth (on a new call) blocks.
@@ -381,11 +321,11 @@ fn unknown_conference_ids_block_a_source_and_a_trusted_trunk_is_keyed_by_caller(
     spray(FIRST, None, &["4444"], "caller's source is blocked");
     assert_refused(&server, FIRST, &a.conference, None);
     // 127.0.0.2 keys the right ID and waits in the lobby.
-    let mut other = Caller::dial(&server, SECOND, "service", None);
-    wait_call_log(&server, &other.call_id(), "IVR start", 1);
+    let mut other = dial(&server, SECOND, "service", None);
+    wait_call_log(&server, other.call_id(), "IVR start", 1);
     std::thread::sleep(Duration::from_millis(500));
     other.press(&format!("{}#", a.conference));
-    wait_call_log(&server, &other.call_id(), "waiting in the lobby", 1);
+    wait_call_log(&server, other.call_id(), "waiting in the lobby", 1);
     other.hang_up();
 
     // Through the trusted trunk 127.0.0.3: +15550001 is blocked, +15550002 is not, and
@@ -403,8 +343,8 @@ fn unknown_conference_ids_block_a_source_and_a_trusted_trunk_is_keyed_by_caller(
         "caller's source is blocked",
     );
     assert_refused(&server, TRUNK, &a.conference, Some("+15550001"));
-    let fine = Caller::dial(&server, TRUNK, &a.conference, Some("+15550002"));
-    wait_call_log(&server, &fine.call_id(), "waiting in the lobby", 1);
+    let fine = dial(&server, TRUNK, &a.conference, Some("+15550002"));
+    wait_call_log(&server, fine.call_id(), "waiting in the lobby", 1);
     fine.hang_up();
     let mut blocked = blocked_sources(&server);
     blocked.sort();
@@ -429,7 +369,7 @@ fn unknown_conference_ids_block_a_source_and_a_trusted_trunk_is_keyed_by_caller(
     // The administrator unblocks the caller by number (API, percent-encoded).
     let (status, _) = api(&server, "DELETE", "/api/source-blocks/caller%3A%2B15550001");
     assert_eq!(status, 204);
-    let again = Caller::dial(&server, TRUNK, &a.conference, Some("+15550001"));
-    wait_call_log(&server, &again.call_id(), "waiting in the lobby", 1);
+    let again = dial(&server, TRUNK, &a.conference, Some("+15550001"));
+    wait_call_log(&server, again.call_id(), "waiting in the lobby", 1);
     again.hang_up();
 }

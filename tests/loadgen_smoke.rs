@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,6 +30,37 @@ fn loadgen(server: SocketAddr, args: &[&str]) -> common::process::Finished {
     run_bounded("pinbridge loadgen", cmd, RUN_TIMEOUT)
 }
 
+/// A server with `n` organizers, and the `--organizers-file` listing them (`ID;PIN` lines)
+/// in a temporary directory that lives as long as the returned guard.
+fn server_with_organizers(n: usize) -> (Server, tempfile::TempDir, PathBuf) {
+    let mut builder = Server::builder().log_level("info");
+    for k in 0..n {
+        builder = builder.organizer(&format!("org{k}@example.com"), &[]);
+    }
+    let server = builder.start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("organizers.txt");
+    let lines: String = (0..n)
+        .map(|k| {
+            let o = server.organizer(&format!("org{k}@example.com"));
+            format!("{};{}\n", o.conference, o.pin)
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    (server, dir, file)
+}
+
+/// The `--json` report of a loadgen run that must have exited 0.
+fn json_report(out: &common::process::Finished, server: &Server) -> Value {
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}\n{}",
+        out.stderr,
+        server.log_tail()
+    );
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+}
+
 fn num(v: &Value, path: &str) -> f64 {
     path.split('.')
         .fold(v, |v, k| &v[k])
@@ -38,20 +70,7 @@ fn num(v: &Value, path: &str) -> f64 {
 
 #[test]
 fn forty_calls_in_four_meetings_and_a_lobby_for_ten_seconds() {
-    let mut builder = Server::builder().log_level("info");
-    for k in 0..5 {
-        builder = builder.organizer(&format!("org{k}@example.com"), &[]);
-    }
-    let server = builder.start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("organizers.txt");
-    let lines: String = (0..5)
-        .map(|k| {
-            let o = server.organizer(&format!("org{k}@example.com"));
-            format!("{};{}\n", o.conference, o.pin)
-        })
-        .collect();
-    std::fs::write(&file, lines).unwrap();
+    let (server, _dir, file) = server_with_organizers(5);
 
     // 40 calls at 10/s: 8 wait in a lobby whose organizer never comes, 32 meet in 4
     // meetings of 8. Each call lasts 10 s; hold music starts about 6.3 s after the answer.
@@ -73,14 +92,7 @@ fn forty_calls_in_four_meetings_and_a_lobby_for_ten_seconds() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "loadgen failed: {}\n{}",
-        out.stderr,
-        server.log_tail()
-    );
-    let report: Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    let report = json_report(&out, &server);
     let show = || format!("{report:#}\n--- stderr ---\n{}", out.stderr);
 
     assert_eq!(num(&report, "calls.attempted"), 40.0, "{}", show());
@@ -136,20 +148,7 @@ fn forty_calls_in_four_meetings_and_a_lobby_for_ten_seconds() {
 
 #[test]
 fn twelve_calls_sending_a_recording_in_two_meetings_and_a_lobby() {
-    let mut builder = Server::builder().log_level("info");
-    for k in 0..3 {
-        builder = builder.organizer(&format!("org{k}@example.com"), &[]);
-    }
-    let server = builder.start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("organizers.txt");
-    let lines: String = (0..3)
-        .map(|k| {
-            let o = server.organizer(&format!("org{k}@example.com"));
-            format!("{};{}\n", o.conference, o.pin)
-        })
-        .collect();
-    std::fs::write(&file, lines).unwrap();
+    let (server, _dir, file) = server_with_organizers(3);
     let recording = common::repo_root().join("audio/greeting.flac");
 
     // 12 calls: 4 in one lobby room, 8 in 2 meetings of 4, every one looping the greeting
@@ -175,14 +174,7 @@ fn twelve_calls_sending_a_recording_in_two_meetings_and_a_lobby() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "loadgen failed: {}\n{}",
-        out.stderr,
-        server.log_tail()
-    );
-    let report: Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    let report = json_report(&out, &server);
     let show = || format!("{report:#}\n--- stderr ---\n{}", out.stderr);
 
     assert_eq!(report["audio"]["mode"], "file", "{}", show());

@@ -17,14 +17,10 @@ mod common;
 use std::time::Duration;
 
 use common::call_log::{STEP_WAIT, assert_not_logged, call_lines, tone_power, wait_call_log};
-use common::rtp::{MediaPlan, RtpPacket, Signal, decode_stream};
-use common::{
-    Dialed, RtpReceiver, RtpSender, SIP_STEP, SdpOffer, Server, SipClient, audio, best_correlation,
-    dial,
-};
+use common::caller::Caller;
+use common::rtp::{Signal, decode_stream};
+use common::{Server, audio, best_correlation};
 
-/// telephone-event payload type our callers offer.
-const EVENT_PT: u8 = 101;
 /// The "not correct" prompt, after which the PIN prompt takes keys again (2.5 s, and a
 /// margin).
 const PIN_INCORRECT_PROMPT: Duration = Duration::from_millis(3000);
@@ -32,117 +28,6 @@ const PIN_INCORRECT_PROMPT: Duration = Duration::from_millis(3000);
 const PIN_PROMPT: Duration = Duration::from_millis(3500);
 /// Peak amplitude of each participant's tone (about −12 dBm0).
 const TONE_AMPLITUDE: i16 = 6000;
-
-/// One dial-in caller: SIP, media, and the RFC 4733 plan its key presses come from (one plan
-/// per call, so sequence numbers and timestamps run on across presses).
-struct Caller {
-    client: SipClient,
-    rtp: RtpReceiver,
-    d: Dialed,
-    plan: MediaPlan,
-    sender: Option<RtpSender>,
-}
-
-impl Caller {
-    /// Dials `user@server` with PCMU and telephone-event.
-    fn dial(server: &Server, user: &str) -> Caller {
-        let mut client = SipClient::udp(server.sip_addr());
-        let rtp = RtpReceiver::bind();
-        let offer = SdpOffer::new(rtp.addr()).pcmu().telephone_event(EVENT_PT);
-        let d = dial(&mut client, user, &offer);
-        Caller {
-            client,
-            rtp,
-            d,
-            plan: MediaPlan::new(0),
-            sender: None,
-        }
-    }
-
-    /// Dials from `sip:anonymous@anonymous.invalid` (RFC 3323 anonymous caller).
-    fn dial_anonymous(server: &Server, user: &str) -> Caller {
-        Caller::dial_from(server, user, "sip:anonymous@anonymous.invalid")
-    }
-
-    /// Dials `user@server` from `from_uri` (the From header's address).
-    fn dial_from(server: &Server, user: &str, from_uri: &str) -> Caller {
-        let mut client = SipClient::udp(server.sip_addr());
-        let rtp = RtpReceiver::bind();
-        let offer = SdpOffer::new(rtp.addr()).pcmu().telephone_event(EVENT_PT);
-        let mut call = client.new_call(user);
-        call.local_uri = from_uri.into();
-        client.send_invite(&mut call, Some(("application/sdp", &offer.render())), &[]);
-        let ok = client.expect_final(&mut call, "INVITE", SIP_STEP);
-        assert_eq!(ok.status(), Some(200), "{}", ok.to_text());
-        client.ack(&call, &ok);
-        let answer = ok.sdp().expect("an SDP answer");
-        let media = answer.audio_addr().expect("an audio address");
-        let d = Dialed {
-            call,
-            ok,
-            answer,
-            media,
-            payload_type: 0,
-        };
-        Caller {
-            client,
-            rtp,
-            d,
-            plan: MediaPlan::new(0),
-            sender: None,
-        }
-    }
-
-    fn call_id(&self) -> &str {
-        &self.d.call.call_id
-    }
-
-    /// Presses `keys` as RFC 4733 events (60 ms down, 60 ms between), blocking until sent.
-    fn press(&mut self, keys: &str) {
-        self.plan.silence(2).key_presses(EVENT_PT, keys, 3, 3);
-        let packets = self.plan.take_packets();
-        self.rtp.send_plan(self.d.media, &packets);
-    }
-
-    /// Presses `keys` as SIP INFO (`application/dtmf-relay`), each answered 200: no RTP, so
-    /// the caller's audio stream (`talk`) goes on untouched.
-    fn press_by_info(&mut self, keys: &str) {
-        for key in keys.chars() {
-            let body = format!("Signal={key}\r\nDuration=160\r\n");
-            self.client.request(
-                &mut self.d.call,
-                "INFO",
-                &[],
-                Some(("application/dtmf-relay", &body)),
-            );
-            let resp = self.client.expect_final(&mut self.d.call, "INFO", SIP_STEP);
-            assert_eq!(resp.status(), Some(200), "{}", resp.to_text());
-        }
-    }
-
-    /// Keeps sending `signal` (20 ms PCMU frames) until stopped, at most a minute.
-    fn talk(&mut self, signal: Signal) {
-        self.sender = None;
-        self.sender =
-            Some(
-                self.rtp
-                    .start_sending(self.d.media, 0, signal, Duration::from_secs(60)),
-            );
-    }
-
-    /// Drains what arrived so far, then records `window` of what the server sends.
-    fn listen(&mut self, window: Duration) -> Vec<RtpPacket> {
-        self.rtp.recv_for(Duration::from_millis(30));
-        self.rtp.recv_for(window)
-    }
-
-    fn hang_up(mut self) {
-        self.sender = None;
-        self.client.bye(&mut self.d.call);
-        // Best effort: the server may have ended the call itself.
-        let _ = self.client.recv(Duration::from_secs(2));
-    }
-}
 
 fn hold_music() -> Vec<i16> {
     audio::decode_with_sox(&audio::asset("hold_music"))
@@ -299,7 +184,7 @@ fn an_anonymous_caller_waits_and_a_named_caller_starts_a_meeting_without_pin() {
         .start();
     let org = server.organizer("lee.gu@contoso.com").clone();
 
-    let mut anon = Caller::dial_anonymous(&server, &org.conference);
+    let mut anon = Caller::dial_from(&server, &org.conference, "sip:anonymous@anonymous.invalid");
     wait_call_log(&server, anon.call_id(), "waiting in the lobby", 1);
     let heard = decode_stream(&anon.listen(Duration::from_secs(7)));
     let score = best_correlation(&heard, &hold_music());

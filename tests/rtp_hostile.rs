@@ -23,13 +23,13 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use common::Server;
 use common::call_log::{call_lines, tone_power, wait_call_log};
+use common::caller::{Caller, EVENT_PT};
 use common::g711::encode_ulaw;
 use common::rtp::{MediaPlan, RtpPacket, Signal, decode_stream};
 use common::stats::{gauge, stats};
-use common::{Dialed, RtpReceiver, RtpSender, SdpOffer, Server, SipClient, dial};
 
-const EVENT_PT: u8 = 101;
 /// Peak amplitude of the tones (about −15 dBm0): a sine of amplitude A scores (A/32768)².
 const AMPLITUDE: i16 = 6000;
 /// A tone "is heard" above this power and "is not" below a hundredth of it.
@@ -38,54 +38,6 @@ const NOT_HEARD: f64 = HEARD / 100.0;
 /// Longest silence a call may hear while hostile packets arrive (20 ms stream; a loaded
 /// 2-core machine, not a lost call).
 const MAX_GAP: Duration = Duration::from_millis(300);
-
-struct Caller {
-    client: SipClient,
-    rtp: RtpReceiver,
-    d: Dialed,
-    sender: Option<RtpSender>,
-}
-
-impl Caller {
-    fn dial(server: &Server, user: &str) -> Caller {
-        let mut client = SipClient::udp(server.sip_addr());
-        let rtp = RtpReceiver::bind();
-        let offer = SdpOffer::new(rtp.addr()).pcmu().telephone_event(EVENT_PT);
-        let d = dial(&mut client, user, &offer);
-        Caller {
-            client,
-            rtp,
-            d,
-            sender: None,
-        }
-    }
-
-    fn call_id(&self) -> String {
-        self.d.call.call_id.clone()
-    }
-
-    /// Keeps sending `signal` in PCMU from the caller's own socket (at most a minute).
-    fn talk(&mut self, signal: Signal) {
-        self.sender = None;
-        self.sender =
-            Some(
-                self.rtp
-                    .start_sending(self.d.media, 0, signal, Duration::from_secs(60)),
-            );
-    }
-
-    /// Drains what arrived so far, then records `window`.
-    fn listen(&mut self, window: Duration) -> Vec<RtpPacket> {
-        self.rtp.recv_for(Duration::from_millis(30));
-        self.rtp.recv_for(window)
-    }
-
-    fn hang_up(mut self) {
-        self.sender = None;
-        self.client.bye(&mut self.d.call);
-        let _ = self.client.recv(Duration::from_secs(2));
-    }
-}
 
 /// One 20 ms PCMU frame of a `hz` tone, frame `n` of a continuous sine.
 fn tone_frame(hz: f64, n: u32) -> Vec<u8> {
@@ -127,7 +79,7 @@ fn meeting(server: &Server) -> (Caller, Caller) {
     let a = Caller::dial(server, &conference);
     let b = Caller::dial(server, &conference);
     for c in [&a, &b] {
-        wait_call_log(server, &c.call_id(), "joined the meeting", 1);
+        wait_call_log(server, c.call_id(), "joined the meeting", 1);
     }
     (a, b)
 }
@@ -181,7 +133,7 @@ fn foreign_rtp_into_a_participants_port_never_reaches_the_mix_nor_gives_digits()
     // No digit from the injected key presses.
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        call_lines(&server, &a.call_id(), "dtmf digit").is_empty(),
+        call_lines(&server, a.call_id(), "dtmf digit").is_empty(),
         "injected key presses became digits"
     );
 
@@ -194,14 +146,14 @@ fn foreign_rtp_into_a_participants_port_never_reaches_the_mix_nor_gives_digits()
     let heard = decode_stream(&b.listen(Duration::from_secs(2)));
     let p400 = tone_power(&heard, 400.0);
     assert!(p400 > HEARD, "B must hear A's own tone: {p400:.2e}");
-    a.sender = None;
+    a.stop_talking();
     a.rtp.send_plan(a_port, &{
         let mut plan = MediaPlan::new(0);
         plan.starting_at(40_000, 4_000_000);
         plan.silence(2).key_presses(EVENT_PT, "5", 3, 3);
         plan.take_packets()
     });
-    wait_call_log(&server, &a.call_id(), "dtmf digit", 1);
+    wait_call_log(&server, a.call_id(), "dtmf digit", 1);
     a.hang_up();
     b.hang_up();
 }
@@ -328,14 +280,14 @@ fn malformed_packets_on_one_call_disturb_neither_it_nor_another_call() {
     assert_eq!(gauge(&after, "faults_contained"), 0, "{after}");
 
     // The call itself still hears its keypad: its IVR takes a digit.
-    victim.sender = None;
+    victim.stop_talking();
     victim.rtp.send_plan(victim.d.media, &{
         let mut plan = MediaPlan::new(0);
         plan.starting_at(50_000, 9_000_000);
         plan.silence(2).key_presses(EVENT_PT, "7", 3, 3);
         plan.take_packets()
     });
-    wait_call_log(&server, &victim.call_id(), "dtmf digit", 1);
+    wait_call_log(&server, victim.call_id(), "dtmf digit", 1);
     victim.hang_up();
     bystander.hang_up();
 }
@@ -363,7 +315,7 @@ fn ssrc_change_wraparound_duplicates_and_reordering_keep_audio_in_the_mix() {
     a.talk(Signal::Silence);
     b.talk(Signal::Silence);
     std::thread::sleep(Duration::from_secs(4));
-    a.sender = None;
+    a.stop_talking();
 
     // A's phone: 2.4 s of 400 Hz whose sequence number wraps after 6 packets and whose
     // timestamp wraps after 10; then a new SSRC (a phone restarting its stream, a transfer

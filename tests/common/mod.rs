@@ -13,6 +13,7 @@
 //! - [`smtp::SmtpServer`] is a real SMTP server (aiosmtpd) that keeps what it receives in a
 //!   Maildir; it can be stopped and started again on the same port.
 //! - [`sipp`] finds and runs SIPp; [`audio`] decodes reference audio with sox.
+//! - [`caller::Caller`] is one dial-in caller: dial, keys (RFC 4733 or INFO), a tone, listen.
 //! - [`torture`] is the RFC 4475/5118 corpus in `../shared/sip-torture/` with the status
 //!   each message must get, shared by the sans-IO and the over-the-wire torture tests.
 //!
@@ -25,6 +26,7 @@
 pub mod audio;
 pub mod browser;
 pub mod call_log;
+pub mod caller;
 pub mod g711;
 pub mod ports;
 pub mod process;

@@ -322,8 +322,13 @@ impl Endpoint {
                 Err(e) => {
                     // Checked on arrival; only reachable if the offer changed meaning.
                     let status = e.sip_status();
-                    let warning = e.warning();
-                    self.finish_offered(now, leg_id, status, &warning, None);
+                    self.finish_offered(
+                        now,
+                        leg_id,
+                        status,
+                        &reason_for(status),
+                        Some(warning(&e)),
+                    );
                     return;
                 }
             }
@@ -366,7 +371,7 @@ impl Endpoint {
 
     /// Like [`Endpoint::reject`], with a `Warning` (RFC 3261 §20.43, code 399
     /// "miscellaneous") whose text says why, for refusals a person should understand from a
-    /// trace (a blocked source's `403`). `text` must not contain `"`.
+    /// trace (a blocked source's `403`).
     pub fn reject_with_warning(
         &mut self,
         now: Instant,
@@ -380,8 +385,7 @@ impl Endpoint {
             .get(&leg)
             .is_some_and(|l| l.state == LegState::Offered)
         {
-            let warning = format!("399 pinbridge \"{}\"", text.replace('"', "'"));
-            self.finish_offered(now, leg, status, reason, Some(warning));
+            self.finish_offered(now, leg, status, reason, Some(warning_value(399, text)));
         }
     }
 
@@ -1303,7 +1307,14 @@ fn response_peer(req: &Request, source: &Peer) -> Peer {
 
 /// `Warning: <code> pinbridge "<text>"` for an offer we refuse (RFC 3261 §20.43).
 fn warning(e: &sdp::SdpError) -> String {
-    format!("{} pinbridge \"{}\"", e.warn_code(), e.warning())
+    warning_value(e.warn_code(), &e.warning())
+}
+
+/// A `Warning` header value (RFC 3261 §20.43) from pinbridge: `code`, and `text` made safe
+/// for a quoted-string.
+fn warning_value(code: u16, text: &str) -> String {
+    let text: String = text.chars().map(sdp::quotable).collect();
+    format!("{code} pinbridge \"{text}\"")
 }
 
 /// The user part of the first P-Asserted-Identity value (RFC 3325 §9.1; a second value may

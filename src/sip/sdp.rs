@@ -376,7 +376,7 @@ fn offered_list(offered: &[String]) -> Cow<'_, str> {
 }
 
 /// `c` if it may appear in a SIP quoted-string unescaped, else `?`.
-fn quotable(c: char) -> char {
+pub fn quotable(c: char) -> char {
     if c == ' ' || (c.is_ascii_graphic() && c != '"' && c != '\\') {
         c
     } else {

@@ -510,11 +510,11 @@ impl Flow {
             State::EnteringPin { .. } | State::PinIncorrect { .. } | State::VerifyingPin { .. } => {
                 Sound::PinUnavailable
             }
-            State::Greeting { .. }
-            | State::LookingUp { .. }
-            | State::EnteringId(_)
-            | State::IdUnknown => Sound::ConferenceIdUnknown,
-            State::Joining { .. } | State::Lobby { .. } => Sound::Goodbye,
+            State::Greeting { .. } | State::LookingUp { .. } | State::EnteringId(_) => {
+                Sound::ConferenceIdUnknown
+            }
+            // "Not recognised" is already playing: not again from its start.
+            State::IdUnknown | State::Joining { .. } | State::Lobby { .. } => Sound::Goodbye,
         };
         info!("caller's source is blocked for too many failures; disconnecting");
         self.leave(now, EndCause::SourceBlocked, first);
@@ -1419,6 +1419,20 @@ mod tests {
         h.flow.handle_source_blocked(h.now);
         h.pump();
         assert_eq!(h.take(), []);
+
+        // After an unknown ID, while "not recognised" plays (the failure that blocked the
+        // source): straight to Goodbye, the prompt is not started again.
+        let mut h = Harness::at_id_prompt();
+        h.finish();
+        h.keys("1234#");
+        h.take();
+        h.lookup(None);
+        assert_eq!(h.take(), [failed(4), play(Sound::ConferenceIdUnknown)]);
+        h.flow.handle_source_blocked(h.now);
+        h.pump();
+        assert_eq!(h.take(), [play(Sound::Goodbye)]);
+        h.finish();
+        assert_eq!(h.take(), [Action::Hangup(EndCause::SourceBlocked)]);
 
         // While a PIN is being verified: the store refused it unchecked.
         let mut h = Harness::at_pin_prompt();

@@ -510,7 +510,7 @@ impl Calls {
         let Err(payload) = outcome else {
             return true;
         };
-        let what = panic_message(payload.as_ref());
+        let what = fault::panic_message(payload.as_ref());
         self.faults += 1;
         match self.calls.get(&leg) {
             Some(call) => call.span.in_scope(
@@ -541,7 +541,7 @@ impl Calls {
             }
         }));
         if let Err(payload) = left {
-            let what = panic_message(payload.as_ref());
+            let what = fault::panic_message(payload.as_ref());
             error!(leg = leg.0, panic = %what, "releasing a failed call from the bridge panicked");
         }
         endpoint.hangup(now, leg);
@@ -841,15 +841,6 @@ impl Calls {
         };
         self.timers.push(Reverse((at, leg)));
     }
-}
-
-/// The message a panic was raised with (`panic!` with a literal or a formatted string).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message")
 }
 
 /// Whether the call's source is blocked now; if so the refusal of `what` is audited

@@ -4,9 +4,11 @@
 //! loaded server, to prove that what the caller hears does not depend on their timing
 //! (`tests/meeting.rs`).
 //!
-//! Everything here is compiled in only with the `fault-injection` cargo feature, which is off
-//! by default and turned on for test builds alone (see `Cargo.toml`). Without it the checks
-//! are constant `false` and vanish, so a release build has no remotely triggerable panic.
+//! The hooks are compiled in only with the `fault-injection` cargo feature, which is off by
+//! default and turned on for test builds alone (see `Cargo.toml`). Without it the checks are
+//! constant `false` and vanish, so a release build has no remotely triggerable panic. What
+//! every build has is [`panic_message`], the one way a caught panic is described (calls,
+//! media workers, the fuzzer).
 
 /// Where a signalling panic can be asked for, named in the Request-URI user part of the
 /// INVITE: `fault-panic-on-invite` panics while the call is being offered,
@@ -51,4 +53,13 @@ pub fn check_media_payload(payload: &[u8]) {
     if cfg!(feature = "fault-injection") && payload.starts_with(MEDIA_PANIC_PAYLOAD) {
         panic!("fault injection: media panic requested by an RTP payload");
     }
+}
+
+/// The message a panic was raised with (`panic!` with a literal or a formatted string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }

@@ -493,11 +493,7 @@ pub fn run(target: Target, extra_seeds: &[Vec<u8>], seed: u64, count: u64) -> Re
             }
             Err(panic) => {
                 report.crashes += 1;
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".into());
+                let why = crate::fault::panic_message(panic.as_ref());
                 report
                     .first
                     .get_or_insert((input.clone(), format!("panic: {why}")));

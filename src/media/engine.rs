@@ -1358,7 +1358,7 @@ impl Worker {
         let id = command.session();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.apply(now, command)));
         if let Err(payload) = outcome {
-            let what = crate::calls::panic_message(payload.as_ref()).to_owned();
+            let what = crate::fault::panic_message(payload.as_ref()).to_owned();
             match id {
                 Some(id) => {
                     self.failed.push(id);
@@ -1563,7 +1563,7 @@ impl Worker {
             }));
             if let Err(payload) = received {
                 panicked.get_or_insert_with(|| {
-                    crate::calls::panic_message(payload.as_ref()).to_owned()
+                    crate::fault::panic_message(payload.as_ref()).to_owned()
                 });
                 self.failed.push(*id);
             }
@@ -1586,7 +1586,7 @@ impl Worker {
             }));
             if let Err(payload) = sent {
                 panicked.get_or_insert_with(|| {
-                    crate::calls::panic_message(payload.as_ref()).to_owned()
+                    crate::fault::panic_message(payload.as_ref()).to_owned()
                 });
                 self.failed.push(id);
             }
@@ -1692,7 +1692,7 @@ impl Worker {
             }));
             if let Err(payload) = mixed {
                 panicked.get_or_insert_with(|| {
-                    crate::calls::panic_message(payload.as_ref()).to_owned()
+                    crate::fault::panic_message(payload.as_ref()).to_owned()
                 });
                 self.failed
                     .extend((0..mixer.len()).map(|i| SessionId(mixer.id_at(i))));

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::audio::{Assets, Sound};
+use crate::media::player::Clip;
 use crate::media::rtp::RtpPacket;
 use crate::media::{Codec, FRAME_SAMPLES, Frame, PTIME, PayloadType, SAMPLE_RATE, g711};
 
@@ -113,22 +114,18 @@ pub struct FileFrames {
 }
 
 impl FileFrames {
-    /// Cuts 8 kHz PCM into frames, the last one padded with silence (at least one frame).
+    /// Cuts 8 kHz PCM into frames, the last one padded with silence (at least one frame),
+    /// as the server's own clips are ([`Clip::from_pcm`]).
     pub fn from_pcm(pcm: &[i16]) -> Self {
-        let frames = pcm.len().div_ceil(FRAME_SAMPLES).max(1);
-        let mut pcmu = vec![[0u8; FRAME_SAMPLES]; frames];
-        let mut pcma = vec![[0u8; FRAME_SAMPLES]; frames];
-        for (k, (u, a)) in pcmu.iter_mut().zip(&mut pcma).enumerate() {
-            let mut frame = [0i16; FRAME_SAMPLES];
-            let start = (k * FRAME_SAMPLES).min(pcm.len());
-            let chunk = &pcm[start..(start + FRAME_SAMPLES).min(pcm.len())];
-            frame[..chunk.len()].copy_from_slice(chunk);
-            g711::encode(Codec::Pcmu, &frame, u);
-            g711::encode(Codec::Pcma, &frame, a);
-        }
+        let pcm = if pcm.is_empty() {
+            vec![0; FRAME_SAMPLES]
+        } else {
+            pcm.to_vec()
+        };
+        let clip = Clip::from_pcm("--audio-file", pcm);
         FileFrames {
-            pcmu: pcmu.into(),
-            pcma: pcma.into(),
+            pcmu: clip.frames(Codec::Pcmu).into(),
+            pcma: clip.frames(Codec::Pcma).into(),
         }
     }
 

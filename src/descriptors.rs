@@ -83,19 +83,19 @@ pub fn reserve(wanted: u64) -> io::Result<Reservation> {
     })
 }
 
-/// The size of this process's descriptor table (`FDSize` in `/proc/self/status`).
-pub fn table_size() -> io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no FDSize line in /proc/self/status"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of this process's descriptor table (`FDSize` in `/proc/self/status`).
+    fn table_size() -> io::Result<u64> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| io::Error::other("no FDSize line in /proc/self/status"))
+    }
 
     #[test]
     fn grows_the_table_and_keeps_it() {

@@ -73,7 +73,6 @@ pub struct Found {
 /// Everything a live call has beyond what the endpoint keeps.
 struct Call {
     span: Span,
-    signalling_ip: IpAddr,
     /// Who its failures count against.
     source: Source,
     anonymous: bool,
@@ -259,7 +258,6 @@ impl Calls {
                     leg,
                     Box::new(Call {
                         span,
-                        signalling_ip: call.source.addr.ip(),
                         source,
                         anonymous: call.anonymous,
                         dialed,
@@ -282,7 +280,8 @@ impl Calls {
                 call.span.in_scope(|| info!(codec = ?negotiated.codec, remote = ?negotiated.remote, direction = ?negotiated.direction, dtmf_pt = ?negotiated.telephone_event, "media negotiated"));
                 let params = MediaParams {
                     remote: negotiated.remote,
-                    signalling_ip: call.signalling_ip,
+                    // The address signalling came from (the latch compares canonically).
+                    signalling_ip: call.source.ip,
                     codec: negotiated.codec,
                     payload_type: negotiated.payload_type,
                     telephone_event: negotiated.telephone_event,
